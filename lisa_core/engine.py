@@ -1,0 +1,330 @@
+"""``Lisa``: load a checkpoint, chat with KV cache, segment, and keep multi-turn sessions.
+
+One query: CLIP features (once per image) → LLM prefill with the features spliced in → greedy decode with KV cache
+→ for each ``[SEG]``, the final-norm hidden state of the token before it → ``text_hidden_fcs`` → SAM mask decoder
+on the SAM image embedding (computed once per image, and only when a ``[SEG]`` appears).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt_io
+from .model import LisaForCausalLM
+from .preprocess import check_image, clip_pixels, load_clip_processor, sam_pixels
+from .prompt import (IMAGE_TOKEN_INDEX, PromptTokenizer, first_turn_text, next_turn_text,
+                     seg_hidden_positions)
+from .quantize import check_quantization, quantize_linears
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def parse_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class LisaResult:
+    """One reply. ``masks``/``mask_logits``/``scores`` have one entry per ``[SEG]``, in order."""
+
+    text: str
+    token_ids: list[int]
+    masks: list[np.ndarray]
+    mask_logits: np.ndarray  # float32 [n, H, W]
+    scores: list[float]  # SAM's predicted IoU per mask
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    turn: int = 1
+
+    def union_mask(self, shape) -> np.ndarray:
+        return np.logical_or.reduce(self.masks) if self.masks else np.zeros(shape, dtype=bool)
+
+
+@dataclass
+class ImageState:
+    """An image and its encodings, each computed at most once."""
+
+    image: np.ndarray
+    clip_features: torch.Tensor | None = None  # [P, H]
+    sam_embedding: torch.Tensor | None = None  # [1, 256, h, w]
+    sam_input_size: tuple[int, int] | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.shape[:2]
+
+
+class Stopwatch:
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    def measure(self, stage: str):
+        watch = self
+
+        class _Span:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                watch.times[stage] = watch.times.get(stage, 0.0) + time.perf_counter() - self.start
+
+        return _Span()
+
+
+class Lisa:
+    """The inference engine. Build it with ``Lisa.from_pretrained``."""
+
+    def __init__(self, model: LisaForCausalLM, tokenizer: PromptTokenizer, clip_processor, device: torch.device,
+                 name: str = "", quantization: str | None = None, source_dir: Path | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.clip_processor = clip_processor
+        self.device = device
+        self.name = name
+        self.quantization = quantization
+        self.source_dir = source_dir
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, vision_tower: str | None = None, device=None, dtype="float32",
+                        quantization: str | None = None) -> "Lisa":
+        device = torch.device(device) if device is not None else default_device()
+        dtype = parse_dtype(dtype)
+        check_quantization(quantization, device)
+        if quantization:
+            dtype = torch.float16
+        ckpt = ckpt_io.resolve_checkpoint(path_or_id)
+        log.info("loading LISA checkpoint %s (%s, %s%s)", ckpt, device, dtype, f", {quantization}" * bool(quantization))
+        config = ckpt_io.read_config(ckpt)
+        tokenizer = PromptTokenizer.from_hf(ckpt_io.load_tokenizer(ckpt))
+        tower_name = ckpt_io.resolve_vision_tower(ckpt, config, vision_tower)
+        state = ckpt_io.read_state_dict(ckpt)
+        model = ckpt_io.build_model(config, state, dtype)
+        del state
+        log.info("loading vision tower %s", tower_name)
+        model.attach_vision_tower(ckpt_io.load_vision_tower(tower_name, dtype))
+        if quantization:
+            log.info("quantised %d linear layers to %s", quantize_linears(model, quantization), quantization)
+        model.to(device)
+        processor = load_clip_processor(tower_name if Path(tower_name).is_dir() else None)
+        log.info("LISA ready: %s", ckpt)
+        return cls(model, tokenizer, processor, device, str(path_or_id), quantization, ckpt)
+
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        """Write this model in the official LISA layout (weights without CLIP, config, slow tokenizer)."""
+        if self.quantization:
+            raise ValueError("a quantised model cannot be saved in the official layout; load it unquantised")
+        return ckpt_io.save_checkpoint(self.model, self.source_dir, out_dir)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.model.embed_tokens.weight.dtype
+
+    @property
+    def context_length(self) -> int:
+        return self.model.config.max_position_embeddings
+
+    # ---------------------------------------------------------------- image encodings
+    def image_state(self, image: np.ndarray) -> ImageState:
+        return ImageState(check_image(image))
+
+    def clip_features(self, state: ImageState) -> torch.Tensor:
+        if state.clip_features is None:
+            pixels = clip_pixels(self.clip_processor, state.image).to(self.device)
+            state.clip_features = self.model.encode_clip(pixels)[0]
+        return state.clip_features
+
+    def sam_embedding(self, state: ImageState) -> torch.Tensor:
+        if state.sam_embedding is None:
+            pixels, state.sam_input_size = sam_pixels(state.image, self.model.sam.image_encoder.img_size)
+            state.sam_embedding = self.model.encode_sam(pixels.to(self.device))
+        return state.sam_embedding
+
+    # ---------------------------------------------------------------- public API
+    def session(self, image: np.ndarray) -> "Session":
+        """A multi-turn conversation about ``image``; it reuses the image encodings and the KV cache."""
+        return Session(self, self.image_state(image))
+
+    def chat(self, image: np.ndarray, text: str, max_new_tokens: int = 512,
+             history: Sequence[tuple[str, str]] | None = None,
+             on_token: Callable[[int, str], bool | None] | None = None) -> LisaResult:
+        """Answer ``text`` about ``image`` (H×W×3 uint8 RGB) by greedy decoding with KV cache.
+
+        ``history``: earlier (question, answer) turns on this image. ``on_token(id, text_so_far)`` is called for
+        each generated token; returning ``False`` stops generation early.
+        """
+        session = self.session(image)
+        for question, answer in history or ():
+            session.add_turn(question, answer)
+        return session.chat(text, max_new_tokens, on_token)
+
+    @torch.inference_mode()
+    def segment(self, image: np.ndarray, text: str, answer: str = "[SEG].") -> LisaResult:
+        """The reference's teacher-forced validation: one forward over the closed conversation ``text`` →
+        ``answer``, one mask per ``[SEG]`` in it. ``token_ids`` are the conversation's ids (``-200`` = image)."""
+        _check_text(text)
+        watch = Stopwatch()
+        state = self.image_state(image)
+        ids = self.tokenizer.encode(first_turn_text(text, answer))
+        with watch.measure("clip"):
+            features = self.clip_features(state)
+        self._check_context(ids, features.shape[0], 0, 0)
+        with watch.measure("prefill"):
+            embeds = self.model.embed_ids(torch.tensor(ids, device=self.device), features)
+            hidden = self.model.model(inputs_embeds=embeds, use_cache=False).last_hidden_state[0]
+            hidden = hidden[_token_end_positions(ids, features.shape[0])]
+        positions = seg_hidden_positions(ids, self.tokenizer.seg_token_id)
+        logits, scores = self._masks(state, hidden[positions], watch)
+        return _result(answer, ids, logits, scores, watch)
+
+    # ---------------------------------------------------------------- internals
+    def _check_context(self, ids: Sequence[int], n_patches: int, cached: int, max_new_tokens: int) -> int:
+        """Raise if the prompt does not fit the context; return how many new tokens still fit (≤ requested)."""
+        length = cached + sum(n_patches if i == IMAGE_TOKEN_INDEX else 1 for i in ids)
+        if length >= self.context_length:
+            raise ValueError(
+                f"prompt is {length} positions long (the image counts {n_patches}), over the model's context "
+                f"of {self.context_length}: shorten the query or reset the session"
+            )
+        return min(max_new_tokens, self.context_length - length)
+
+    def _masks(self, state: ImageState, hidden: torch.Tensor, watch: Stopwatch):
+        """``[n, H]`` hidden states → (``[n, H, W]`` float32 logits, ``[n]`` scores)."""
+        if hidden.shape[0] == 0:
+            return torch.zeros((0, *state.size)), torch.zeros(0)
+        with watch.measure("sam_encode"):
+            embedding = self.sam_embedding(state)
+        with watch.measure("mask_decode"):
+            prompts = self.model.seg_prompts(hidden)
+            return self.model.decode_masks(embedding, prompts, state.sam_input_size, state.size)
+
+
+class Session:
+    """A conversation on one image. The KV cache holds every position fed so far; the last generated token (and
+    the turn's closing ``</s>``) are fed at the start of the next turn."""
+
+    def __init__(self, lisa: Lisa, state: ImageState):
+        self.lisa = lisa
+        self.state = state
+        self.reset()
+
+    def reset(self, image: np.ndarray | None = None) -> None:
+        """Forget the conversation (and switch to ``image`` if given); the image encodings are kept otherwise."""
+        if image is not None:
+            self.state = self.lisa.image_state(image)
+        self.turns: list[tuple[str, str]] = []
+        self.cache = None
+        self.cached_positions = 0
+        self.pending: list[int] = []  # ids produced but not yet fed to the LLM
+
+    def add_turn(self, question: str, answer: str) -> None:
+        """Append a finished turn without generating (history)."""
+        _check_text(question)
+        self.pending += self._question_ids(question) + self.lisa.tokenizer.encode(answer, add_bos=False)
+        self.pending.append(self.lisa.tokenizer.eos_token_id)
+        self.turns.append((question, answer))
+
+    def _question_ids(self, question: str) -> list[int]:
+        encode = self.lisa.tokenizer.encode
+        if self.turns:
+            return encode(next_turn_text(question), add_bos=False)
+        return encode(first_turn_text(question, use_im_start_end=getattr(
+            self.lisa.model.config, "mm_use_im_start_end", True)))
+
+    @torch.inference_mode()
+    def chat(self, text: str, max_new_tokens: int = 512,
+             on_token: Callable[[int, str], bool | None] | None = None) -> LisaResult:
+        _check_text(text)
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
+        lisa, watch = self.lisa, Stopwatch()
+        carried = len(self.pending)
+        fed = self.pending + self._question_ids(text)
+        start_positions = self.cached_positions
+        try:
+            with watch.measure("clip"):
+                features = lisa.clip_features(self.state) if IMAGE_TOKEN_INDEX in fed else None
+            n_patches = 0 if features is None else features.shape[0]
+            budget = lisa._check_context(fed, n_patches, self.cached_positions, max_new_tokens)
+            generated, hidden = self._generate(fed, features, budget, on_token, watch)
+        except BaseException:
+            self._rollback(start_positions)
+            raise
+        turn_ids = fed + generated
+        positions = seg_hidden_positions(turn_ids, lisa.tokenizer.seg_token_id, start=max(carried, 1))
+        logits, scores = lisa._masks(self.state, hidden[positions], watch)
+        eos = lisa.tokenizer.eos_token_id
+        self.pending = generated[-1:] + ([eos] if generated[-1] != eos else [])
+        reply = lisa.tokenizer.decode(generated)
+        self.turns.append((text, reply))
+        return _result(reply, generated, logits, scores, watch, turn=len(self.turns))
+
+    def _generate(self, fed: list[int], features, budget: int, on_token, watch: Stopwatch):
+        """Prefill ``fed`` then decode greedily. Returns (generated ids, ``[len(fed) + len(gen) - 1, H]`` hidden)."""
+        lisa = self.lisa
+        model, eos = lisa.model, lisa.tokenizer.eos_token_id
+        with watch.measure("prefill"):
+            embeds = model.embed_ids(torch.tensor(fed, device=lisa.device), features)
+            out = model.model(inputs_embeds=embeds, cache=self.cache, use_cache=True)
+            self.cache = out.cache
+            self.cached_positions += embeds.shape[1]
+            hidden = [out.last_hidden_state[0][_token_end_positions(fed, 0 if features is None else features.shape[0])]]
+            next_id = int(model.lm_head(hidden[0][-1]).argmax())
+        generated: list[int] = []
+        with watch.measure("decode"):
+            while True:
+                generated.append(next_id)
+                if on_token is not None and on_token(next_id, lisa.tokenizer.decode(generated)) is False:
+                    break
+                if next_id == eos or len(generated) >= budget:
+                    break
+                embeds = model.model.embed_tokens(torch.tensor([[next_id]], device=lisa.device))
+                out = model.model(inputs_embeds=embeds, cache=self.cache, use_cache=True)
+                self.cached_positions += 1
+                hidden.append(out.last_hidden_state[0])
+                next_id = int(model.lm_head(out.last_hidden_state[0, -1]).argmax())
+        watch.times["decode_tokens"] = float(len(generated))
+        return generated, torch.cat(hidden, 0)
+
+    def _rollback(self, positions: int) -> None:
+        """Undo a turn that failed or was interrupted, so the session stays usable."""
+        if self.cache is not None:
+            self.cache.crop(positions)
+        self.cached_positions = positions
+
+
+def _check_text(text: str) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("query text is empty")
+
+
+def _token_end_positions(ids: Sequence[int], n_patches: int) -> list[int]:
+    """For each id, the index of its last position once the image id is expanded to ``n_patches`` positions."""
+    ends, position = [], -1
+    for i in ids:
+        position += n_patches if i == IMAGE_TOKEN_INDEX else 1
+        ends.append(position)
+    return ends
+
+
+def _result(text, ids, logits: torch.Tensor, scores: torch.Tensor, watch: Stopwatch, turn: int = 1) -> LisaResult:
+    logits_np = logits.float().cpu().numpy()
+    watch.times["total"] = sum(v for k, v in watch.times.items() if k != "decode_tokens")
+    return LisaResult(text=text, token_ids=list(ids), masks=[m > 0 for m in logits_np], mask_logits=logits_np,
+                      scores=[float(s) for s in scores], timings=dict(watch.times), turn=turn)

@@ -1,0 +1,126 @@
+"""``lisa-make-tiny OUT_DIR``: a small random LISA checkpoint in the official layout, made offline.
+
+It holds ``config.json``, ``pytorch_model.bin``, a slow LLaMA SentencePiece tokenizer (trained here on a built-in
+corpus, byte fallback, unk/bos/eos = 0/1/2) with ``[SEG]``, ``<im_start>``, ``<im_end>`` added, and a tiny CLIP
+vision tower in ``OUT_DIR/clip_vision`` that ``config.vision_tower`` points to, so ``Lisa.from_pretrained(OUT_DIR)``
+needs nothing else. The weights are random: it is untrained and its answers are noise.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .checkpoint import save_checkpoint
+from .model import LisaConfig, LisaForCausalLM, SamSpec
+from .preprocess import load_clip_processor
+from .prompt import IM_END, IM_START, SEG_TOKEN, SYSTEM_PROMPT
+
+CLIP_DIR = "clip_vision"
+SAMPLE_IMAGE = Path(__file__).parent / "data" / "sample_room.png"
+ADDED_TOKENS = (SEG_TOKEN, IM_START, IM_END)
+CORPUS = [
+    SYSTEM_PROMPT,
+    "USER: ASSISTANT: Sure, it is [SEG]. Sure, the segmentation result is [SEG]. It is [SEG].",
+    "Can you segment the {class_name} in this image? Please segment the chair in this image.",
+    "What is the sink in this image? Please respond with segmentation mask. Please output segmentation mask.",
+    "Where can I wash my hands? Where can I sit? What can I use to boil water? Which thing would a child play with?",
+    "Please output segmentation mask and explain why. The kettle, the mug, the table, the sofa, the bed, the door.",
+    "kitchen bathroom bedroom living room office window cabinet shelf refrigerator counter towel lamp plant",
+    "yes no left right top bottom red green blue yellow white black small large object person robot camera",
+    "0 1 2 3 4 5 6 7 8 9 . , ? ! : ; ' \" ( ) - a b c d e f g h i j k l m n o p q r s t u v w x y z",
+]
+
+
+def train_tokenizer(out: Path, vocab_size: int = 400) -> None:
+    """Train a LLaMA-style SentencePiece BPE model on ``CORPUS`` and write the slow-tokenizer files."""
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 4), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, split_digits=True, add_dummy_prefix=True, hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    (out / "tokenizer.model").write_bytes(model.getvalue())
+    special = {name: {"content": text, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
+               for name, text in (("bos_token", "<s>"), ("eos_token", "</s>"), ("unk_token", "<unk>"))}
+    size = spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
+    (out / "added_tokens.json").write_text(json.dumps({t: size + i for i, t in enumerate(ADDED_TOKENS)}, indent=2))
+    (out / "special_tokens_map.json").write_text(json.dumps({**special, "pad_token": "<unk>"}, indent=2))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "add_bos_token": True, "add_eos_token": False, "clean_up_tokenization_spaces": False, "legacy": True,
+        "model_max_length": 512, "pad_token": None, "padding_side": "right", "sp_model_kwargs": {},
+        "tokenizer_class": "LlamaTokenizer", **{k: {"__type": "AddedToken", **v} for k, v in special.items()},
+    }, indent=2))
+
+
+def tiny_config(vocab_size: int, clip_hidden: int, sam: SamSpec) -> LisaConfig:
+    return LisaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0, tie_word_embeddings=False, mm_hidden_size=clip_hidden, vision_tower=CLIP_DIR,
+        mm_vision_tower=CLIP_DIR, mm_vision_select_layer=-2, mm_vision_select_feature="patch",
+        mm_use_im_start_end=True, mm_use_im_patch_token=False, use_mm_proj=True, out_dim=256,
+        train_mask_decoder=True, image_aspect_ratio="square", image_grid_pinpoints=None,
+        freeze_mm_mlp_adapter=True, tune_mm_mlp_adapter=False, pretrain_mm_mlp_adapter=None, pretraining_tp=1,
+        hidden_act="silu", initializer_range=0.02, sam_image_encoder=asdict(sam),
+        _name_or_path="lisa-tiny-untrained",
+    )
+
+
+def make_tiny(out_dir: str | Path, seed: int = 0, sam_img_size: int = 256) -> Path:
+    """Write the tiny checkpoint to ``out_dir`` and return its path."""
+    from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    train_tokenizer(out)
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    clip = CLIPVisionModel(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=224,
+        patch_size=14, projection_dim=32, hidden_act="quick_gelu",
+    ))
+    clip.save_pretrained(str(out / CLIP_DIR))
+    load_clip_processor(None).save_pretrained(str(out / CLIP_DIR))
+    sam = SamSpec(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=[1], window_size=8,
+                  img_size=sam_img_size)
+    model = LisaForCausalLM(tiny_config(len(tokenizer), clip.config.hidden_size, sam))
+    save_checkpoint(model, out, out)
+    make_seg_likely(out)
+    return out
+
+
+@torch.no_grad()
+def make_seg_likely(out: Path) -> None:
+    """Like the reference fixture: set the ``[SEG]`` row of ``lm_head`` to 1.05 × the row of the token the random
+    model generates most often on the sample image, so greedy decoding emits ``[SEG]`` and masks get made."""
+    from .engine import Lisa
+    from .output import read_image
+
+    lisa = Lisa.from_pretrained(str(out), device="cpu")
+    probe = lisa.chat(read_image(SAMPLE_IMAGE), "Where can I wash my hands?", max_new_tokens=24)
+    favourite = max(set(probe.token_ids), key=probe.token_ids.count)
+    head = lisa.model.lm_head.weight
+    head[lisa.tokenizer.seg_token_id] = 1.05 * head[favourite]
+    lisa.save_pretrained(out)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="lisa-make-tiny", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", help="directory to write the checkpoint to (created if missing)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for the weights (default 0)")
+    parser.add_argument("--sam-img-size", type=int, default=256,
+                        help="SAM encoder input size; 1024 is the real size, 256 keeps tests fast (default 256)")
+    args = parser.parse_args(argv)
+    print(make_tiny(args.out_dir, args.seed, args.sam_img_size))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""lisa_ros: reasoning segmentation (LISA) for robots. An ament_python-style package, also pip-installable."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "lisa_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="LISA reasoning segmentation: inference engine, ROS 2 node and LoRA fine-tuning",
+    license="Apache-2.0",
+    packages=find_packages(include=["lisa_core", "lisa_core.*", "lisa_ros", "lisa_ros.*", "training",
+                                    "training.*"]),
+    package_data={"lisa_core": ["data/*.png"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+    ],
+    python_requires=">=3.10",
+    zip_safe=False,
+    entry_points={
+        "console_scripts": [
+            "lisa-chat = lisa_core.cli:main",
+            "lisa-make-tiny = lisa_core.tiny:main",
+        ],
+    },
+)

@@ -1,0 +1,1 @@
+"""training: DeepSpeed LoRA fine-tuning of LISA (comes with its own issue)."""
