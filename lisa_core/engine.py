@@ -305,7 +305,11 @@ class Session:
     def _rollback(self, positions: int) -> None:
         """Undo a turn that failed or was interrupted, so the session stays usable."""
         if self.cache is not None:
-            self.cache.crop(positions)
+            extra = self.cache.get_seq_length() - positions
+            if positions == 0:
+                self.cache = None
+            elif extra > 0:
+                self.cache.crop(-extra)  # transformers 5: a negative count removes that many positions
         self.cached_positions = positions
 
 

