@@ -77,7 +77,8 @@ def test_missing_image_file(tiny_ckpt, tmp_path, capsys):
 
 
 def test_prompt_without_image(tiny_ckpt, tmp_path, capsys):
-    code = cli.main(["--model", str(tiny_ckpt), "--device", "cpu", "--prompt", QUESTION, "--out", str(tmp_path / "out")])
+    code = cli.main(["--model", str(tiny_ckpt), "--device", "cpu", "--prompt", QUESTION,
+                     "--out", str(tmp_path / "out")])
     assert code != 0
     assert "--image" in capsys.readouterr().err
 
@@ -105,8 +106,8 @@ def scripted(lines):
 
 def test_repl(tiny_ckpt, tiny_lisa, tmp_path, capsys):
     out = tmp_path / "repl"
-    args = cli.parse_args(["--model", str(tiny_ckpt), "--device", "cpu", "--image", str(SAMPLE_IMAGE), "--out", str(out),
-                           "--max-new-tokens", "8"])
+    args = cli.parse_args(["--model", str(tiny_ckpt), "--device", "cpu", "--image", str(SAMPLE_IMAGE),
+                           "--out", str(out), "--max-new-tokens", "8"])
     lines = ["What is here?", ":reset", "Where can I sit?", ":image /nonexistent.png", ":quit",
              "never read: the REPL stops at :quit"]
     cli.repl(tiny_lisa, args, read=scripted(lines))
@@ -127,7 +128,7 @@ def test_repl(tiny_ckpt, tiny_lisa, tmp_path, capsys):
 
 def test_repl_keeps_history_without_reset(tiny_ckpt, tiny_lisa, tmp_path):
     out = tmp_path / "repl_history"
-    args = cli.parse_args(["--model", str(tiny_ckpt), "--device", "cpu", "--image", str(SAMPLE_IMAGE), "--out", str(out),
-                           "--max-new-tokens", "4"])
+    args = cli.parse_args(["--model", str(tiny_ckpt), "--device", "cpu", "--image", str(SAMPLE_IMAGE),
+                           "--out", str(out), "--max-new-tokens", "4"])
     cli.repl(tiny_lisa, args, read=scripted(["What is here?", "Where can I sit?"]))  # ends on EOF
     assert json.loads((out / "turn_002" / "reply.json").read_text())["turn"] == 2
