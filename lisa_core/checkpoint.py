@@ -10,12 +10,14 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
 from safetensors.torch import load_file as load_safetensors
+from tqdm.auto import tqdm
 from transformers import AutoTokenizer, CLIPVisionModel
 
 from .model import LisaConfig, LisaForCausalLM, SamSpec
@@ -76,7 +78,8 @@ def weight_files(ckpt: Path) -> list[Path]:
 def read_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
     """All tensors of the checkpoint (``.bin`` files memory-mapped, so a 7B checkpoint costs little RAM)."""
     state: dict[str, torch.Tensor] = {}
-    for file in weight_files(ckpt):
+    files = weight_files(ckpt)
+    for file in tqdm(files, desc="reading shards", unit="file", disable=len(files) < 2 or None):
         try:
             if file.suffix == ".safetensors":
                 state.update(load_safetensors(str(file)))
@@ -119,7 +122,11 @@ def load_vision_tower(name: str, dtype: torch.dtype) -> CLIPVisionModel:
 
 def build_model(config: LisaConfig, state: dict[str, torch.Tensor], dtype: torch.dtype) -> LisaForCausalLM:
     """Build the network without allocating, then assign every checkpoint tensor; all keys must match."""
-    config.sam_image_encoder = asdict(SamSpec.from_state_dict({k: tuple(v.shape) for k, v in state.items()}))
+    try:
+        spec = SamSpec.from_state_dict({k: tuple(v.shape) for k, v in state.items()})
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint does not match the LISA layout: {err}") from err
+    config.sam_image_encoder = asdict(spec)
     with init_empty_weights(include_buffers=False):
         model = LisaForCausalLM(config)
     expected = {k: v.shape for k, v in model.state_dict().items() if NOT_SAVED not in k}
@@ -132,7 +139,8 @@ def build_model(config: LisaConfig, state: dict[str, torch.Tensor], dtype: torch
             f"{len(missing)} missing {missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}, "
             f"{len(wrong)} with wrong shapes {[(k, tuple(state[k].shape), tuple(expected[k])) for k in wrong[:5]]}"
         )
-    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
+    tensors = tqdm(state.items(), total=len(state), desc="loading weights", unit="tensor", disable=None)
+    model.load_state_dict({k: v.to(dtype) for k, v in tensors}, strict=False, assign=True)
     model.to(dtype)
     # segment-anything builds its positional grid in float32; keep its random matrix there too.
     model.sam.prompt_encoder.pe_layer.float()
@@ -143,7 +151,9 @@ def build_model(config: LisaConfig, state: dict[str, torch.Tensor], dtype: torch
 def load_tokenizer(ckpt: Path):
     if not any((ckpt / f).is_file() for f in ("tokenizer.model", "tokenizer.json")):
         raise CheckpointError(f"no tokenizer (tokenizer.model / tokenizer.json) in {ckpt}")
-    return AutoTokenizer.from_pretrained(str(ckpt))
+    with warnings.catch_warnings():  # it parses config.json as transformers' own "llava" type: rope_scaling noise
+        warnings.filterwarnings("ignore", message=".*rope_scaling.*", category=FutureWarning)
+        return AutoTokenizer.from_pretrained(str(ckpt))
 
 
 def official_config_dict(config: LisaConfig, dtype: torch.dtype) -> dict:
@@ -157,12 +167,13 @@ def official_config_dict(config: LisaConfig, dtype: torch.dtype) -> dict:
     return {k: fields.get(k) for k in OFFICIAL_CONFIG_FIELDS}
 
 
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json")
 
 
 def save_checkpoint(model: LisaForCausalLM, tokenizer_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write ``config.json``, ``pytorch_model.bin`` (no vision tower) and the slow-tokenizer files copied from
-    ``tokenizer_dir``, in the official layout."""
+    """Write ``config.json``, ``pytorch_model.bin`` (no vision tower) and the tokenizer files copied from
+    ``tokenizer_dir``, in the official layout; a vision tower kept inside ``tokenizer_dir`` is copied along."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dtype = model.model.embed_tokens.weight.dtype
@@ -176,8 +187,12 @@ def save_checkpoint(model: LisaForCausalLM, tokenizer_dir: str | Path, out_dir: 
         "bos_token_id": model.config.bos_token_id, "eos_token_id": model.config.eos_token_id,
         "pad_token_id": model.config.pad_token_id,
     }, indent=2) + "\n")
+    source_dir = Path(tokenizer_dir)
     for name in TOKENIZER_FILES:
-        source = Path(tokenizer_dir) / name
+        source = source_dir / name
         if source.is_file() and source.resolve() != (out / name).resolve():
             shutil.copyfile(source, out / name)
+    tower = getattr(model.config, "vision_tower", None)
+    if tower and (source_dir / tower).is_dir() and (source_dir / tower).resolve() != (out / tower).resolve():
+        shutil.copytree(source_dir / tower, out / tower, dirs_exist_ok=True)  # a tower shipped inside the checkpoint
     return out

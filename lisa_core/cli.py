@@ -64,10 +64,11 @@ def repl(lisa: Lisa, args, read=input) -> None:
             elif session is None:
                 print("no image yet: ':image PATH' first")
             else:
-                turn_dir += 1
                 result = session.chat(line, max_new_tokens=args.max_new_tokens)
-                reply = save_result(Path(args.out) / f"turn_{turn_dir:03d}", image, result, line)
-                print(f"lisa> {result.text}\n      {len(result.masks)} mask(s) → {Path(args.out) / f'turn_{turn_dir:03d}'}")
+                turn_dir += 1
+                folder = Path(args.out) / f"turn_{turn_dir:03d}"
+                reply = save_result(folder, image, result, line)
+                print(f"lisa> {result.text}\n      {len(result.masks)} mask(s) → {folder}")
                 for m in reply["masks"]:
                     print(f"      mask {m['index']}: score {m['score']:.3f}, area {m['area']} px")
         except ValueError as err:
@@ -79,6 +80,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.prompt and not args.image:
         print("lisa-chat: --prompt needs --image", file=sys.stderr)
+        return 2
+    if args.answer and not args.prompt:
+        print("lisa-chat: --answer needs --prompt (the teacher-forced mode is one-shot)", file=sys.stderr)
         return 2
     quantization = "4bit" if args.load_in_4bit else "8bit" if args.load_in_8bit else None
     try:

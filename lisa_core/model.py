@@ -59,6 +59,9 @@ class SamSpec:
         global_blocks = [i for i, s in enumerate(rel) if s[0] == 2 * grid - 1]
         windowed = [s[0] for s in rel if s[0] != 2 * grid - 1]
         window = (windowed[0] + 1) // 2 if windowed else grid
+        if depth - 1 not in global_blocks:
+            raise ValueError(f"the SAM image encoder's last block ({depth - 1}) is not a global-attention block, "
+                             f"as it is in every SAM: blocks look missing from '{prefix}'")
         return cls(embed_dim, depth, embed_dim // rel[0][1], global_blocks, window, img_size, hidden / embed_dim)
 
 

@@ -14,9 +14,7 @@ from conftest import REFERENCE
 from lisa_core import CheckpointError, Lisa, QuantizationError
 from lisa_core.model import LisaConfig, LisaForCausalLM, SamSpec, build_sam
 
-KEY_LISTS = Path("/work/shared/lisa_checkpoint")
-if not KEY_LISTS.is_dir():  # same place, relative to the repository (as conftest finds reference_tiny)
-    KEY_LISTS = REFERENCE.parent / "lisa_checkpoint"
+KEY_LISTS = REFERENCE.parent / "lisa_checkpoint"  # the shared data dir next to reference_tiny (see conftest)
 INV_FREQ = "rotary_emb.inv_freq"
 QUESTION = "Where can I wash my hands?"
 INV_FREQ_KEY = "model.layers.0.self_attn.rotary_emb.inv_freq"
