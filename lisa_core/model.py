@@ -66,22 +66,32 @@ class SamSpec:
 
 
 class SdpaRelPosAttention(Attention):
-    """segment-anything's image-encoder attention computed by ``scaled_dot_product_attention``, with the decomposed
-    relative-position terms passed as the additive mask. Same maths and parameters as ``Attention`` (outputs agree
-    to ~2e-6); the fused kernel skips the separate score, bias-add and softmax passes (2.4× faster encoder, CPU)."""
+    """segment-anything's image-encoder attention computed by ``scaled_dot_product_attention`` in chunks of query
+    rows, with the decomposed relative-position terms as the additive mask. Same maths and parameters as
+    ``Attention`` (outputs agree to ~2e-6). The fused kernel skips the separate score, bias-add and softmax passes
+    and the chunks keep the bias small (``QUERY_CHUNK`` × L instead of L × L per head): 1.7× less time for the
+    tiny encoder on this CPU, and far less peak memory for ViT-H's global blocks."""
+
+    QUERY_CHUNK = 1024
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, C]`` → ``[B, H, W, C]``."""
         b, h, w, _ = x.shape
+        n = b * self.num_heads
         qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.reshape(3, b * self.num_heads, h * w, -1).unbind(0)
-        bias = None
-        if self.use_rel_pos:
-            r_q = q.reshape(b * self.num_heads, h, w, -1)
-            rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(h, h, self.rel_pos_h))
-            rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(w, w, self.rel_pos_w))
-            bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b * self.num_heads, h * w, h * w)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        q, k, v = qkv.reshape(3, n, h * w, -1).unbind(0)
+        if not self.use_rel_pos:
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        else:
+            r_q = q.reshape(n, h, w, -1)
+            rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(h, h, self.rel_pos_h)).reshape(n, h * w, h)
+            rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(w, w, self.rel_pos_w)).reshape(n, h * w, w)
+            chunks = []
+            for start in range(0, h * w, self.QUERY_CHUNK):
+                rows = slice(start, start + self.QUERY_CHUNK)
+                bias = (rel_h[:, rows, :, None] + rel_w[:, rows, None, :]).flatten(2)  # [n, rows, h·w]
+                chunks.append(F.scaled_dot_product_attention(q[:, rows], k, v, attn_mask=bias, scale=self.scale))
+            out = torch.cat(chunks, 1)
         out = out.view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
         return self.proj(out)
 
