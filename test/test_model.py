@@ -25,3 +25,30 @@ def test_sdpa_attention_matches_segment_anything(monkeypatch, chunk):
         original = encoder(x)
     assert fast.shape == (1, 256, 20, 20)
     assert torch.allclose(fast, original, atol=1e-5), (fast - original).abs().max()
+
+
+@pytest.mark.parametrize("mode, weight_dtype", [("4bit", torch.uint8), ("8bit", torch.int8)])
+def test_quantize_linears_replaces_the_language_side(tiny_ckpt, room_image, mode, weight_dtype):
+    """The module swap behind ``quantization=``. ``from_pretrained`` refuses it without CUDA; bitsandbytes 0.50 can
+    still quantise and run these layers on the CPU, which is what this test uses."""
+    import bitsandbytes as bnb
+
+    from lisa_core import Lisa
+    from lisa_core.quantize import quantize_linears
+
+    question, answer = "Where can I wash my hands?", "Sure, it is [SEG]."
+    full = Lisa.from_pretrained(str(tiny_ckpt), device="cpu", dtype="float16")
+    expected = full.segment(room_image, question, answer)
+    quantized = Lisa.from_pretrained(str(tiny_ckpt), device="cpu", dtype="float16")
+    layers = quantized.model.config.num_hidden_layers
+    assert quantize_linears(quantized.model, mode) == 7 * layers + 1 + 2  # q/k/v/o/gate/up/down, projector, fcs
+    quantized.model.to("cpu")  # bitsandbytes quantises on the move
+    target = bnb.nn.Linear4bit if mode == "4bit" else bnb.nn.Linear8bitLt
+    assert isinstance(quantized.model.model.layers[0].self_attn.q_proj, target)
+    assert quantized.model.model.layers[0].mlp.down_proj.weight.dtype == weight_dtype
+    assert type(quantized.model.lm_head) is torch.nn.Linear
+    assert not any(isinstance(m, target) for m in quantized.model.sam.modules())
+    assert not any(isinstance(m, target) for m in quantized.model.model.vision_tower.modules())
+    result = quantized.segment(room_image, question, answer)
+    assert len(result.masks) == 1
+    assert (result.masks[0] == expected.masks[0]).mean() > 0.9
