@@ -12,7 +12,7 @@ setup(
     license="Apache-2.0",
     packages=find_packages(include=["lisa_core", "lisa_core.*", "lisa_ros", "lisa_ros.*", "training",
                                     "training.*"]),
-    package_data={"lisa_core": ["data/*.png"]},
+    package_data={"lisa_core": ["data/*.png"], "lisa_ros": ["*.xml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -25,6 +25,9 @@ setup(
         "console_scripts": [
             "lisa-chat = lisa_core.cli:main",
             "lisa-make-tiny = lisa_core.tiny:main",
+            "lisa-node = lisa_ros.node:main",
+            "lisa-query = lisa_ros.client:main",
+            "lisa-demo = lisa_ros.demo:main",
         ],
     },
 )

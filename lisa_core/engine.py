@@ -258,8 +258,10 @@ class Session:
         fed = self.pending + self._question_ids(text)
         start_positions = self.cached_positions
         try:
-            with watch.measure("clip"):
-                features = lisa.clip_features(self.state) if IMAGE_TOKEN_INDEX in fed else None
+            features = None
+            if IMAGE_TOKEN_INDEX in fed:
+                with watch.measure("clip"):
+                    features = lisa.clip_features(self.state)
             n_patches = 0 if features is None else features.shape[0]
             budget = lisa._check_context(fed, n_patches, self.cached_positions, max_new_tokens)
             generated, hidden = self._generate(fed, features, budget, on_token, watch)

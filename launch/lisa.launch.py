@@ -1,0 +1,34 @@
+"""Launch the LISA node: ``ros2 launch lisa_ros lisa.launch.py [model:=…] [quantization:=4bit] [image_topic:=…]
+[namespace:=…] [params_file:=…]``. Arguments given here override the parameters file."""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import LifecycleNode
+
+ARGUMENTS = {
+    "model": ("xinlai/LISA-7B-v1", "LISA checkpoint: hub id or local directory"),
+    "quantization": ("none", "none | 4bit | 8bit"),
+    "image_topic": ("/camera/image_raw", "camera topic"),
+    "dtype": ("bfloat16", "float32 | bfloat16 | float16"),
+    "device": ("", "torch device; empty: cuda if available"),
+}
+
+
+def generate_launch_description():
+    default_params = os.path.join(get_package_share_directory("lisa_ros"), "config", "lisa.yaml")
+    declared = [DeclareLaunchArgument(name, default_value=default, description=description)
+                for name, (default, description) in ARGUMENTS.items()]
+    declared += [
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
+        DeclareLaunchArgument("params_file", default_value=default_params, description="parameters YAML"),
+    ]
+    node = LifecycleNode(
+        package="lisa_ros", executable="lisa-node", name="lisa", namespace=LaunchConfiguration("namespace"),
+        output="screen",
+        parameters=[LaunchConfiguration("params_file"),
+                    {name: LaunchConfiguration(name) for name in ARGUMENTS}],
+    )
+    return LaunchDescription([*declared, node])

@@ -1,0 +1,190 @@
+"""What a long-running server (the ROS node) needs around the engine, with no ROS in it: the newest camera frame,
+multi-turn sessions with limits, and a single inference worker with a bounded queue."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .engine import Lisa, LisaResult, Session
+
+
+class ServingError(ValueError):
+    """A request that cannot be served as asked; the message is meant for the requester."""
+
+
+class Busy(ServingError):
+    """The inference queue is full."""
+
+
+class Cancelled(Exception):
+    """Raised inside a job whose requester cancelled it."""
+
+
+@dataclass
+class Frame:
+    """A camera frame as received: ``raw`` is whatever the transport gave (decoded on use), ``meta`` its header."""
+
+    raw: Any
+    meta: Any
+    received: float = field(default_factory=time.monotonic)
+
+
+class LatestFrame:
+    """Keeps only the newest frame; older ones are dropped, never queued."""
+
+    def __init__(self):
+        self._frame: Frame | None = None
+        self._lock = threading.Lock()
+        self.received = 0
+
+    def put(self, raw, meta) -> None:
+        with self._lock:
+            self._frame = Frame(raw, meta)
+            self.received += 1
+
+    def get(self) -> Frame:
+        with self._lock:
+            if self._frame is None:
+                raise ServingError("no camera image received yet: publish one on the image topic first")
+            return self._frame
+
+
+@dataclass
+class SessionEntry:
+    session_id: str
+    session: Session
+    frame_meta: Any
+    last_used: float
+
+
+class SessionStore:
+    """Sessions by id, bounded: at most ``max_sessions`` (least recently used evicted), idle ones dropped after
+    ``idle_timeout_s``, at most ``max_turns`` turns each (then the requester must reset)."""
+
+    def __init__(self, max_sessions: int = 8, idle_timeout_s: float = 600.0, max_turns: int = 20,
+                 clock: Callable[[], float] = time.monotonic):
+        self.max_sessions, self.idle_timeout_s, self.max_turns = max_sessions, idle_timeout_s, max_turns
+        self._clock = clock
+        self._entries: dict[str, SessionEntry] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def open(self, lisa: Lisa, image: np.ndarray, frame_meta, session_id: str = "") -> SessionEntry:
+        """A new session on ``image`` (replacing any session with the same id)."""
+        entry = SessionEntry(session_id or uuid.uuid4().hex[:12], lisa.session(image), frame_meta, self._clock())
+        with self._lock:
+            self._entries.pop(entry.session_id, None)
+            while len(self._entries) >= self.max_sessions:
+                oldest = min(self._entries.values(), key=lambda e: e.last_used)
+                del self._entries[oldest.session_id]
+            self._entries[entry.session_id] = entry
+        return entry
+
+    def get(self, session_id: str) -> SessionEntry:
+        self.evict_idle()
+        with self._lock:
+            if session_id not in self._entries:
+                raise ServingError(f"unknown session id '{session_id}' (expired, evicted or never opened); "
+                                   "send an empty session_id to start a new one")
+            entry = self._entries[session_id]
+            entry.last_used = self._clock()
+            return entry
+
+    def reset(self, session_id: str) -> bool:
+        with self._lock:
+            return self._entries.pop(session_id, None) is not None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def evict_idle(self) -> list[str]:
+        now = self._clock()
+        with self._lock:
+            idle = [k for k, e in self._entries.items() if now - e.last_used > self.idle_timeout_s]
+            for key in idle:
+                del self._entries[key]
+        return idle
+
+    def info(self) -> list[dict]:
+        self.evict_idle()
+        now = self._clock()
+        with self._lock:
+            return [{"session_id": e.session_id, "turns": len(e.session.turns), "idle_s": now - e.last_used,
+                     "frame_meta": e.frame_meta} for e in self._entries.values()]
+
+    def check_turn_allowed(self, entry: SessionEntry) -> None:
+        if len(entry.session.turns) >= self.max_turns:
+            raise ServingError(f"session '{entry.session_id}' reached max_turns ({self.max_turns}); "
+                               "reset it or start a new session")
+
+
+class InferenceQueue:
+    """One worker thread runs jobs in order (one model, one GPU). At most ``max_queued`` jobs wait behind the running
+    one; with 0, a request that arrives while busy is rejected."""
+
+    def __init__(self, max_queued: int = 4):
+        self.max_queued = max_queued
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lisa-inference")
+        self._pending = 0
+        self._lock = threading.Lock()
+
+    @property
+    def depth(self) -> int:
+        """Jobs accepted and not finished (running + waiting)."""
+        return self._pending
+
+    def submit(self, job: Callable[[], Any]) -> Future:
+        with self._lock:
+            if self._pending > self.max_queued:
+                raise Busy(f"busy: {self._pending} request(s) in progress or queued (limit "
+                           f"{self.max_queued} waiting); try again later")
+            self._pending += 1
+        future = self._pool.submit(job)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _future) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class TurnRequest:
+    """One conversational turn as a server receives it."""
+
+    text: str
+    session_id: str = ""
+    image: np.ndarray | None = None  # None: the latest frame (new session) or the session's own frame
+    frame_meta: Any = None
+    reset: bool = False
+    max_new_tokens: int = 512
+
+
+def run_turn(lisa: Lisa, store: SessionStore, request: TurnRequest, latest: Callable[[], tuple[np.ndarray, Any]],
+             on_token: Callable[[int, str], bool | None] | None = None) -> tuple[SessionEntry, LisaResult]:
+    """Serve one turn: open/reset/continue the session, then chat. ``latest()`` gives (image, meta) of the newest
+    frame. A new image on an existing session restarts its conversation on that image (LLaVA-v1 holds one image)."""
+    if request.reset and request.session_id:
+        store.reset(request.session_id)
+    entry = None
+    if request.session_id and not request.reset:
+        entry = store.get(request.session_id)
+        if request.image is not None:
+            entry = None
+    if entry is None:
+        image, meta = (request.image, request.frame_meta) if request.image is not None else latest()
+        entry = store.open(lisa, image, meta, request.session_id)
+    store.check_turn_allowed(entry)
+    return entry, entry.session.chat(request.text, request.max_new_tokens, on_token)

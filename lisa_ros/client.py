@@ -1,0 +1,148 @@
+"""``lisa-query``: ask the running LISA node a question (through its ``lisa/converse`` action) and save the answer.
+
+    lisa-query "where can I wash my hands?" [--image IMG] [--session ID] [--reset] [--out DIR]
+
+With ``--image`` the image travels in the goal; otherwise the node answers on its newest camera frame. Prints the
+reply and the session id (pass it back with ``--session`` for a follow-up), writes mask PNGs, the overlay and
+``reply.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from lisa_interfaces.action import Converse
+from rclpy.action import ActionClient
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from lisa_core.output import overlay, read_image, write_png
+
+from .images import numpy_to_image_msg, raw_image_to_rgb
+
+
+class LisaClient:
+    """A small rclpy client of the LISA node: camera publisher, action client, overlay listener."""
+
+    def __init__(self, namespace: str = "", image_topic: str = "/camera/image_raw", context=None):
+        self.node = Node("lisa_client", namespace=namespace, context=context)
+        self.action = ActionClient(self.node, Converse, "lisa/converse")
+        self.camera = self.node.create_publisher(Image, image_topic, qos_profile_sensor_data)
+        self.overlays: dict[tuple[int, int], np.ndarray] = {}
+        self.node.create_subscription(Image, "lisa/overlay", self._on_overlay, 5)
+        self.executor = rclpy.executors.SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+
+    def _on_overlay(self, msg: Image) -> None:
+        self.overlays[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = raw_image_to_rgb(msg)
+
+    def spin_until(self, done, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def wait_for_node(self, timeout: float = 30.0) -> None:
+        self.spin_until(self.action.server_is_ready, timeout, "the LISA node's lisa/converse action server")
+
+    def image_msg(self, rgb: np.ndarray, frame_id: str = "camera") -> Image:
+        header = Header(stamp=self.node.get_clock().now().to_msg(), frame_id=frame_id)
+        return numpy_to_image_msg(rgb, header, Image)
+
+    def converse(self, text: str, session_id: str = "", image: np.ndarray | None = None, reset: bool = False,
+                 max_new_tokens: int = 0, timeout: float = 300.0, on_feedback=None):
+        """Send one turn and wait for its ``SegmentationResult`` (``error`` set when the node refused it)."""
+        goal = Converse.Goal(text=text, session_id=session_id, reset=reset, max_new_tokens=max_new_tokens)
+        if image is not None:
+            goal.image = self.image_msg(image)
+        sent = self.action.send_goal_async(
+            goal, feedback_callback=(lambda m: on_feedback(m.feedback)) if on_feedback else None)
+        self.spin_until(sent.done, timeout, "the goal to be accepted")
+        result = sent.result().get_result_async()
+        self.spin_until(result.done, timeout, "the reply")
+        return result.result().result.result  # GetResult response → Converse.Result → SegmentationResult
+
+    def overlay_for(self, header, wait: float = 1.0):
+        key = (header.stamp.sec, header.stamp.nanosec)
+        try:
+            self.spin_until(lambda: key in self.overlays, wait, "the overlay")
+        except TimeoutError:
+            return None
+        return self.overlays.pop(key)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+def save_answer(out: Path, result, image: np.ndarray | None) -> dict:
+    """Write mask PNGs, ``overlay.png`` (when the image is known) and ``reply.json``; return the json content."""
+    out.mkdir(parents=True, exist_ok=True)
+    masks = []
+    for i, (msg, score) in enumerate(zip(result.masks, result.scores)):
+        mask = raw_image_to_rgb(msg)[..., 0]
+        write_png(out / f"mask_{i}.png", mask)
+        masks.append({"index": i, "score": float(score), "area": int((mask > 0).sum()), "file": f"mask_{i}.png"})
+    if image is not None:
+        write_png(out / "overlay.png", image)
+    reply = {"query": result.query, "reply": result.reply, "session_id": result.session_id, "turn": result.turn,
+             "error": result.error, "stamp": [result.header.stamp.sec, result.header.stamp.nanosec],
+             "frame_id": result.header.frame_id, "masks": masks,
+             "latency_s": {f: getattr(result.latency, f) for f in ("queue_s", "clip_s", "prefill_s", "decode_s",
+                                                                   "sam_encode_s", "mask_decode_s", "total_s")}}
+    (out / "reply.json").write_text(json.dumps(reply, indent=2) + "\n")
+    return reply
+
+
+def print_answer(result, out: Path) -> None:
+    if result.error:
+        print(f"error: {result.error}", file=sys.stderr)
+        return
+    print(f"reply: {result.reply}")
+    session = f"session {result.session_id} (turn {result.turn}); " if result.session_id else ""
+    print(f"{session}{len(result.masks)} mask(s), {result.latency.total_s:.2f} s; saved in {out}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="lisa-query", description=__doc__.split("\n\n")[0])
+    parser.add_argument("text", help="the question")
+    parser.add_argument("--image", help="image file to ask about (default: the node's newest camera frame)")
+    parser.add_argument("--session", default="", help="session id from an earlier reply, for a follow-up")
+    parser.add_argument("--reset", action="store_true", help="start the session afresh")
+    parser.add_argument("--max-new-tokens", type=int, default=0, help="0: the node's setting")
+    parser.add_argument("--namespace", default="", help="the node's namespace")
+    parser.add_argument("--out", default="lisa_reply", help="output directory (default ./lisa_reply)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the reply")
+    args, ros_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    image = read_image(args.image) if args.image else None
+    rclpy.init(args=["lisa-query", *ros_args])
+    client = LisaClient(args.namespace)
+    try:
+        client.wait_for_node(min(args.timeout, 30.0))
+        result = client.converse(args.text, args.session, image, args.reset, args.max_new_tokens, args.timeout,
+                                 on_feedback=lambda f: print(f"\r[{f.stage}] {f.partial_text[-70:]}", end="",
+                                                             file=sys.stderr, flush=True))
+        print(file=sys.stderr)
+        picture = client.overlay_for(result.header) if image is None else overlay(
+            image, [raw_image_to_rgb(m)[..., 0] > 0 for m in result.masks])
+        save_answer(Path(args.out), result, picture)
+        print_answer(result, Path(args.out))
+        return 1 if result.error else 0
+    except TimeoutError as err:
+        print(f"lisa-query: {err}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

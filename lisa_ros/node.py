@@ -1,0 +1,330 @@
+"""``lisa-node``: the LISA lifecycle node — a thin adapter between ROS messages and ``lisa_core``.
+
+configure: topics, action and services are created; activate: the model is loaded; deactivate: it is freed (GPU
+memory included); with ``autostart`` (default) the node brings itself to active. Image callbacks only store the newest
+frame; inference runs on one worker thread (``lisa_core.serving.InferenceQueue``).
+"""
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from lisa_interfaces.action import Converse
+from lisa_interfaces.msg import Latency, SegmentationResult, SessionInfo
+from lisa_interfaces.srv import ListSessions, ResetSession
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import Node as LifecycleNode
+from rclpy.lifecycle import State, TransitionCallbackReturn
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header, String
+
+from lisa_core.engine import LisaResult
+from lisa_core.output import overlay
+from lisa_core.serving import (Cancelled, InferenceQueue, LatestFrame, ServingError, SessionStore, TurnRequest,
+                               run_turn)
+
+from .images import ImageDecodeError, numpy_to_image_msg, to_rgb
+from .params import PARAMETERS
+
+
+class LisaNode(LifecycleNode):
+    def __init__(self, **kwargs):
+        super().__init__("lisa", **kwargs)
+        for p in PARAMETERS:
+            self.declare_parameter(p.name, p.default, ParameterDescriptor(description=p.description))
+        self.lisa = None
+        self.load_error = "model not loaded: the node is not active"
+        self.frames = LatestFrame()
+        self.sessions: SessionStore | None = None
+        self.queue: InferenceQueue | None = None
+        self.last_latency_s = float("nan")
+        self.served = 0
+        self._entities = []
+        if self.param("autostart"):
+            self.trigger_configure()
+            self.trigger_activate()
+
+    def param(self, name: str):
+        return self.get_parameter(name).value
+
+    # ---------------------------------------------------------------- lifecycle
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        self.sessions = SessionStore(self.param("max_sessions"), self.param("session_idle_timeout_s"),
+                                     self.param("max_turns"))
+        self.queue = InferenceQueue(0 if self.param("busy_policy") == "reject" else self.param("max_queue"))
+        images, work = MutuallyExclusiveCallbackGroup(), ReentrantCallbackGroup()
+        qos = qos_profile_sensor_data if self.param("image_qos") == "sensor_data" else QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        image_type = CompressedImage if self.param("image_transport") == "compressed" else Image
+        self.reply_pub = self.create_publisher(String, self.param("reply_topic"), 10)
+        self.mask_pub = self.create_publisher(Image, self.param("mask_topic"), 10)
+        self.overlay_pub = self.create_publisher(Image, self.param("overlay_topic"), 10)
+        self.result_pub = self.create_publisher(SegmentationResult, self.param("result_topic"), 10)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._entities = [
+            self.reply_pub, self.mask_pub, self.overlay_pub, self.result_pub, self.diag_pub,
+            self.create_subscription(image_type, self.param("image_topic"), self.on_image, qos,
+                                     callback_group=images),
+            self.create_subscription(String, self.param("query_topic"), self.on_query, 10, callback_group=work),
+            self.create_service(ResetSession, "lisa/reset_session", self.on_reset, callback_group=work),
+            self.create_service(ListSessions, "lisa/list_sessions", self.on_list, callback_group=work),
+            self.create_timer(self.param("diagnostics_period_s"), self.publish_diagnostics, callback_group=work),
+        ]
+        self.action_server = ActionServer(
+            self, Converse, "lisa/converse", self.execute_turn, goal_callback=lambda goal: GoalResponse.ACCEPT,
+            cancel_callback=lambda handle: CancelResponse.ACCEPT, callback_group=work)
+        self.get_logger().info(f"configured: camera '{self.param('image_topic')}' ({image_type.__name__}), "
+                               f"queries on '{self.param('query_topic')}', action 'lisa/converse'")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        from lisa_core import Lisa
+
+        quantization = self.param("quantization")
+        self.get_logger().info(f"loading {self.param('model')} …")
+        try:
+            self.lisa = Lisa.from_pretrained(
+                self.param("model"), vision_tower=self.param("vision_tower") or None,
+                device=self.param("device") or None, dtype=self.param("dtype"),
+                quantization=None if quantization in ("", "none") else quantization)
+        except Exception as err:  # the node stays up and reports this on every request
+            self.load_error = f"model failed to load: {err}"
+            self.get_logger().error(self.load_error)
+            return TransitionCallbackReturn.FAILURE
+        self.load_error = ""
+        self.get_logger().info(f"active: {self.param('model')} on {self.lisa.device} ({self.lisa.dtype})")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self.release_model("model unloaded: the node is inactive")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self.destroy_entities()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self.release_model("shutting down")
+        self.destroy_entities()
+        return TransitionCallbackReturn.SUCCESS
+
+    def release_model(self, reason: str) -> None:
+        self.lisa, self.load_error = None, reason
+        if self.sessions is not None:
+            self.sessions.clear()
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def destroy_entities(self) -> None:
+        for entity in self._entities:
+            entity.destroy()
+        self._entities = []
+        if getattr(self, "action_server", None) is not None:
+            self.action_server.destroy()
+            self.action_server = None
+        if self.queue is not None:
+            self.queue.shutdown()
+
+    # ---------------------------------------------------------------- inputs
+    def on_image(self, msg) -> None:
+        self.frames.put(msg, msg.header)
+
+    def on_query(self, msg: String) -> None:
+        received = time.perf_counter()
+        text = msg.data
+        try:
+            self.check_request(text)
+            self.queue.submit(lambda: self.serve_query(text, received))
+        except ServingError as err:
+            self.publish_error(text, Header(), str(err), received)
+
+    def check_request(self, text: str) -> None:
+        if self.lisa is None:
+            raise ServingError(self.load_error)
+        if not text.strip():
+            raise ServingError("query is empty")
+        if len(text) > self.param("max_query_chars"):
+            raise ServingError(f"query is {len(text)} characters, over max_query_chars "
+                               f"({self.param('max_query_chars')})")
+
+    def latest_frame(self):
+        frame = self.frames.get()
+        try:
+            return to_rgb(frame.raw), frame.meta
+        except ImageDecodeError as err:
+            raise ServingError(f"newest camera frame is unusable: {err}") from err
+
+    # ---------------------------------------------------------------- one-shot queries
+    def serve_query(self, text: str, received: float) -> None:
+        started = time.perf_counter()
+        header = Header()
+        try:
+            image, header = self.latest_frame()
+            result = self.lisa.chat(image, text, max_new_tokens=self.param("max_new_tokens"))
+        except (ServingError, ValueError) as err:
+            self.publish_error(text, header, str(err), received)
+            return
+        except Exception as err:  # never let one request take the node down
+            self.get_logger().error(f"query failed: {err!r}")
+            self.publish_error(text, header, f"internal error: {err}", received)
+            return
+        msg = self.result_msg(text, header, result, image, "", started - received, received)
+        self.publish_outputs(msg, image, result)
+
+    # ---------------------------------------------------------------- sessions (action)
+    def execute_turn(self, goal_handle):
+        received = time.perf_counter()
+        goal = goal_handle.request
+        feedback = Converse.Feedback(stage="queued")
+        goal_handle.publish_feedback(feedback)
+        done = threading.Event()
+        outcome = {}
+
+        def on_token(token_id: int, text: str):
+            if goal_handle.is_cancel_requested:
+                raise Cancelled()
+            feedback.stage, feedback.partial_text = "generating", text
+            feedback.tokens += 1
+            goal_handle.publish_feedback(feedback)
+
+        def job():
+            started = time.perf_counter()
+            header = goal.image.header
+            try:
+                if goal_handle.is_cancel_requested:
+                    raise Cancelled()
+                self.check_request(goal.text)
+                image = to_rgb(goal.image) if goal.image.width else None
+                request = TurnRequest(goal.text, goal.session_id, image, goal.image.header, goal.reset,
+                                      goal.max_new_tokens or self.param("max_new_tokens"))
+                feedback.stage = "encoding"
+                goal_handle.publish_feedback(feedback)
+                entry, result = run_turn(self.lisa, self.sessions, request, self.latest_frame, on_token)
+                source = image if image is not None else entry.session.state.image
+                msg = self.result_msg(goal.text, entry.frame_meta, result, source, entry.session_id,
+                                      started - received, received)
+                self.publish_outputs(msg, source, result)
+                outcome["msg"] = msg
+            except Cancelled:
+                outcome["cancelled"] = True
+            except (ServingError, ImageDecodeError, ValueError) as err:
+                outcome["error"] = str(err)
+            except Exception as err:
+                self.get_logger().error(f"turn failed: {err!r}")
+                outcome["error"] = f"internal error: {err}"
+            finally:
+                outcome.setdefault("header", header)
+                done.set()
+
+        try:
+            self.queue.submit(job)
+        except ServingError as err:
+            outcome["error"], outcome["header"] = str(err), goal.image.header
+            done.set()
+        done.wait()
+        if "msg" in outcome:
+            goal_handle.succeed()
+            return Converse.Result(result=outcome["msg"])
+        error = "cancelled" if outcome.get("cancelled") else outcome["error"]
+        msg = SegmentationResult(header=outcome["header"], query=goal.text, session_id=goal.session_id, error=error)
+        msg.latency.total_s = time.perf_counter() - received
+        if outcome.get("cancelled"):
+            goal_handle.canceled()
+        else:
+            self.get_logger().warning(f"turn refused: {error}")
+            goal_handle.abort()
+        return Converse.Result(result=msg)
+
+    def on_reset(self, request, response):
+        response.success = self.sessions.reset(request.session_id)
+        response.message = "reset" if response.success else f"unknown session id '{request.session_id}'"
+        return response
+
+    def on_list(self, request, response):
+        for info in self.sessions.info():
+            item = SessionInfo(session_id=info["session_id"], turns=info["turns"], idle_s=float(info["idle_s"]))
+            if info["frame_meta"] is not None:
+                item.image_stamp = info["frame_meta"].stamp
+            response.sessions.append(item)
+        return response
+
+    # ---------------------------------------------------------------- outputs
+    def result_msg(self, query: str, header, result: LisaResult, image: np.ndarray, session_id: str,
+                   queue_s: float, received: float) -> SegmentationResult:
+        t = result.timings
+        latency = Latency(queue_s=queue_s, clip_s=t.get("clip", 0.0), prefill_s=t.get("prefill", 0.0),
+                          decode_s=t.get("decode", 0.0), sam_encode_s=t.get("sam_encode", 0.0),
+                          mask_decode_s=t.get("mask_decode", 0.0), new_tokens=len(result.token_ids),
+                          total_s=time.perf_counter() - received)
+        masks = [numpy_to_image_msg(m.astype(np.uint8) * 255, header, Image) for m in result.masks]
+        self.last_latency_s, self.served = latency.total_s, self.served + 1
+        return SegmentationResult(header=header, query=query, reply=result.text, session_id=session_id,
+                                  turn=result.turn, masks=masks, scores=result.scores,
+                                  mask_areas=[int(m.sum()) for m in result.masks], latency=latency)
+
+    def publish_outputs(self, msg: SegmentationResult, image: np.ndarray, result: LisaResult) -> None:
+        union = result.union_mask(image.shape[:2]).astype(np.uint8) * 255
+        self.mask_pub.publish(numpy_to_image_msg(union, msg.header, Image))
+        if self.param("publish_overlay") and self.overlay_pub.get_subscription_count() > 0:
+            self.overlay_pub.publish(numpy_to_image_msg(overlay(image, result.masks), msg.header, Image))
+        self.result_pub.publish(msg)
+        self.reply_pub.publish(String(data=msg.reply))
+        self.get_logger().info(f"answered '{msg.query[:60]}': '{msg.reply[:80]}' ({len(msg.masks)} masks, "
+                               f"{msg.latency.total_s:.2f} s)")
+
+    def publish_error(self, query: str, header, error: str, received: float) -> None:
+        self.get_logger().warning(f"query refused: {error}")
+        msg = SegmentationResult(header=header, query=query, error=error)
+        msg.latency.total_s = time.perf_counter() - received
+        self.result_pub.publish(msg)
+        self.reply_pub.publish(String(data=f"error: {error}"))
+
+    def publish_diagnostics(self) -> None:
+        level = DiagnosticStatus.OK if self.lisa is not None else DiagnosticStatus.ERROR
+        values = {
+            "model": self.param("model"), "loaded": str(self.lisa is not None),
+            "device": str(self.lisa.device) if self.lisa else "", "dtype": str(self.lisa.dtype) if self.lisa else "",
+            "quantization": self.param("quantization"), "last_latency_s": f"{self.last_latency_s:.3f}",
+            "queue_depth": str(self.queue.depth if self.queue else 0),
+            "sessions": str(len(self.sessions) if self.sessions else 0), "served": str(self.served),
+            "frames_received": str(self.frames.received), "error": self.load_error,
+        }
+        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: LISA engine", hardware_id=values["device"],
+                                  message="ready" if self.lisa is not None else self.load_error,
+                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
+        self.diag_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
+                                              status=[status]))
+
+
+def main(args=None) -> int:
+    rclpy.init(args=sys.argv if args is None else args)
+    node = LisaNode()
+    # every waiting action goal holds a thread: keep some free for images, queries and services
+    executor = MultiThreadedExecutor(num_threads=node.param("max_queue") + 4)
+    executor.add_node(node)
+    try:
+        while rclpy.ok():  # spin_once in a loop: plain spin() sometimes swallows SIGINT/SIGTERM
+            executor.spin_once(timeout_sec=0.2)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.release_model("shutting down")
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

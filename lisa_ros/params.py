@@ -1,0 +1,41 @@
+"""The node's parameters: one table, used to declare them (with descriptions), to write config/lisa.yaml's
+documentation and to check the launch file's arguments."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: object
+    description: str
+
+
+PARAMETERS = (
+    Param("model", "xinlai/LISA-7B-v1", "LISA checkpoint: a hub id (official: xinlai/LISA-7B-v1, "
+          "xinlai/LISA-13B-llama2-v1, …) or a local directory in the official layout"),
+    Param("vision_tower", "", "CLIP vision tower (dir or hub id); empty: the checkpoint's config.vision_tower"),
+    Param("device", "", "torch device, e.g. cuda, cuda:1, cpu; empty: cuda if available, else cpu"),
+    Param("dtype", "bfloat16", "float32 | bfloat16 | float16 (float16 is used with quantization)"),
+    Param("quantization", "none", "none | 4bit | 8bit (bitsandbytes, CUDA only; SAM stays unquantised)"),
+    Param("max_new_tokens", 256, "longest reply in tokens"),
+    Param("max_query_chars", 2000, "longer queries are refused with an error"),
+    Param("image_topic", "/camera/image_raw", "camera topic"),
+    Param("image_transport", "raw", "raw (sensor_msgs/Image) | compressed (sensor_msgs/CompressedImage)"),
+    Param("image_qos", "sensor_data", "sensor_data (best effort, depth 1) | reliable (depth 1)"),
+    Param("query_topic", "lisa/query", "std_msgs/String: a one-shot question about the newest frame"),
+    Param("reply_topic", "lisa/reply", "std_msgs/String: the reply text (or 'error: …')"),
+    Param("mask_topic", "lisa/mask", "sensor_msgs/Image mono8 0/255: union of the reply's masks, header = frame's"),
+    Param("overlay_topic", "lisa/overlay", "sensor_msgs/Image rgb8: masks drawn on the frame, only when subscribed"),
+    Param("result_topic", "lisa/result", "lisa_interfaces/SegmentationResult: everything about one answer"),
+    Param("publish_overlay", True, "publish overlays (only ever when someone subscribes)"),
+    Param("max_sessions", 8, "sessions kept at once; the least recently used is evicted beyond this"),
+    Param("session_idle_timeout_s", 600.0, "a session unused this long is dropped"),
+    Param("max_turns", 20, "turns per session; then the session must be reset"),
+    Param("busy_policy", "queue", "queue | reject: what happens to a request while the model is busy"),
+    Param("max_queue", 4, "with busy_policy=queue: requests that may wait behind the running one"),
+    Param("autostart", True, "configure and activate on start (loads the model); false: wait for lifecycle calls"),
+    Param("diagnostics_period_s", 1.0, "period of /diagnostics"),
+)
+DEFAULTS = {p.name: p.default for p in PARAMETERS}

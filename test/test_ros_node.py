@@ -1,0 +1,245 @@
+"""The LISA node over real DDS: a node subprocess on the tiny checkpoint, talked to over topics, the action and
+services from this process. Each module run has its own ROS_DOMAIN_ID; every wait is bounded."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed; make setup installs it")
+pytest.importorskip("lisa_interfaces", reason="lisa_interfaces is not built; make setup builds it")
+
+from action_msgs.msg import GoalStatus  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from lisa_interfaces.action import Converse  # noqa: E402
+from lisa_interfaces.msg import SegmentationResult  # noqa: E402
+from lisa_interfaces.srv import ListSessions, ResetSession  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+from lisa_ros.client import LisaClient  # noqa: E402
+from lisa_ros.dds import local_dds_env  # noqa: E402
+
+DOMAIN = 20 + os.getpid() % 70
+QUESTION = "Where can I wash my hands? Please output segmentation mask."
+
+
+def start_node(log_path, namespace="", **params):
+    command = [sys.executable, "-m", "lisa_ros.node", "--ros-args",
+               *[a for k, v in params.items() for a in ("-p", f"{k}:={v}")]]
+    if namespace:
+        command += ["-r", f"__ns:={namespace}"]
+    return subprocess.Popen(command, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+                            env=local_dds_env(DOMAIN), start_new_session=True)
+
+
+def stop(process):
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def ros(tmp_path_factory):
+    os.environ.update(local_dds_env(DOMAIN))
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=DOMAIN)
+    yield context
+    rclpy.try_shutdown(context=context)
+
+
+@pytest.fixture(scope="module")
+def node(tiny_ckpt, tmp_path_factory, ros):
+    log = tmp_path_factory.mktemp("node") / "node.log"
+    process = start_node(log, model=str(tiny_ckpt), dtype="float32", device="cpu", max_new_tokens=8,
+                         max_query_chars=2000, max_sessions=3)
+    yield process, log
+    stop(process)
+
+
+@pytest.fixture(scope="module")
+def client(node, ros):
+    client = LisaClient(context=ros)
+    client.results, client.masks, client.replies, client.diagnostics = [], [], [], []
+    client.node.create_subscription(SegmentationResult, "lisa/result", client.results.append, 10)
+    client.node.create_subscription(Image, "lisa/mask", client.masks.append, 10)
+    client.node.create_subscription(String, "lisa/reply", client.replies.append, 10)
+    client.node.create_subscription(DiagnosticArray, "/diagnostics", client.diagnostics.append, 10)
+    client.query = client.node.create_publisher(String, "lisa/query", 10)
+    client.wait_for_node(60)
+    client.spin_until(lambda: client.query.get_subscription_count() > 0, 20, "the node's query subscription")
+    client.spin_until(lambda: client.diagnostics, 20, "diagnostics (the node's publishers to match ours)")
+    yield client
+    client.close()
+
+
+def ask(client, text, timeout=30.0):
+    """Publish a query and wait for its result (re-publishing once if the first is lost at start-up)."""
+    count = len(client.results)
+    client.query.publish(String(data=text))
+    try:
+        client.spin_until(lambda: len(client.results) > count, timeout / 2, "a result")
+    except TimeoutError:
+        client.query.publish(String(data=text))
+        client.spin_until(lambda: len(client.results) > count, timeout / 2, "a result")
+    return client.results[-1]
+
+
+def image_msg(client, rgb, stamp_sec):
+    msg = client.image_msg(rgb)
+    msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id = stamp_sec, 123, "test_camera"
+    return msg
+
+
+def test_query_before_any_image(client):
+    result = ask(client, QUESTION)
+    assert "no camera image" in result.error and result.reply == "" and not result.masks
+    client.spin_until(lambda: client.replies, 5, "the reply")
+    assert client.replies[-1].data.startswith("error: no camera image")
+
+
+def test_query_on_published_image(client, room_image):
+    msg = image_msg(client, room_image, 1000)
+    received = len(client.masks)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # best-effort camera QoS: publish until the node has a frame
+        client.camera.publish(msg)
+        client.executor.spin_once(timeout_sec=0.1)
+        result = ask(client, QUESTION)
+        if not result.error:
+            break
+    assert result.error == "" and result.reply
+    assert (result.header.stamp.sec, result.header.stamp.nanosec, result.header.frame_id) == (1000, 123,
+                                                                                            "test_camera")
+    assert len(result.masks) == len(result.scores) == len(result.mask_areas) == result.reply.count("[SEG]")
+    for mask, area in zip(result.masks, result.mask_areas):
+        assert (mask.height, mask.width, mask.encoding) == (*room_image.shape[:2], "mono8")
+        values = np.frombuffer(mask.data, np.uint8)
+        assert set(np.unique(values)) <= {0, 255} and (values == 255).sum() == area
+    client.spin_until(lambda: len(client.masks) > received, 5, "the union mask")
+    union = client.masks[-1]
+    assert union.header.stamp.sec == 1000 and (union.height, union.width) == room_image.shape[:2]
+    client.spin_until(lambda: client.replies[-1].data == result.reply, 5, "the same reply on lisa/reply")
+    assert result.latency.total_s > 0 and result.latency.new_tokens == 8
+
+
+def test_three_turn_session_reuses_the_image(client, room_image):
+    first = client.converse(QUESTION, image=room_image, timeout=30)
+    assert first.error == "" and first.turn == 1 and first.session_id
+    assert first.latency.clip_s > 0
+    turns = [client.converse(text, session_id=first.session_id, timeout=30)
+             for text in ("And where can I sit?", "What else is in the room?")]
+    assert [t.turn for t in turns] == [2, 3] and {t.session_id for t in turns} == {first.session_id}
+    for turn in turns:
+        assert turn.error == "" and turn.latency.clip_s == 0 and turn.latency.sam_encode_s == 0
+        assert (turn.masks[0].height, turn.masks[0].width) == room_image.shape[:2] if turn.masks else True
+    listed = call(client, ListSessions, "lisa/list_sessions", ListSessions.Request())
+    assert any(s.session_id == first.session_id and s.turns == 3 for s in listed.sessions)
+
+
+def call(client, srv_type, name, request, timeout=10):
+    service = client.node.create_client(srv_type, name)
+    client.spin_until(service.service_is_ready, timeout, f"service {name}")
+    future = service.call_async(request)
+    client.spin_until(future.done, timeout, f"the answer of {name}")
+    return future.result()
+
+
+def test_reset_session(client, room_image):
+    opened = client.converse(QUESTION, image=room_image, timeout=30)
+    answer = call(client, ResetSession, "lisa/reset_session", ResetSession.Request(session_id=opened.session_id))
+    assert answer.success
+    again = call(client, ResetSession, "lisa/reset_session", ResetSession.Request(session_id=opened.session_id))
+    assert not again.success and "unknown session" in again.message
+    after = client.converse("And now?", session_id=opened.session_id, timeout=30)
+    assert "unknown session id" in after.error
+
+
+def test_cancel(client, room_image):
+    goal = Converse.Goal(text=QUESTION, image=client.image_msg(room_image), max_new_tokens=1500)
+    feedback = []
+    sent = client.action.send_goal_async(goal, feedback_callback=lambda m: feedback.append(m.feedback))
+    client.spin_until(sent.done, 20, "goal acceptance")
+    handle = sent.result()
+    client.spin_until(lambda: any(f.stage == "generating" for f in feedback), 20, "generation to start")
+    cancel = handle.cancel_goal_async()
+    client.spin_until(cancel.done, 10, "the cancel answer")
+    result = handle.get_result_async()
+    client.spin_until(result.done, 20, "the cancelled result")
+    assert result.result().status == GoalStatus.STATUS_CANCELED
+    assert result.result().result.result.error == "cancelled"
+    assert max(f.tokens for f in feedback) < 1500
+
+
+@pytest.mark.parametrize("case", ["empty", "huge", "encoding", "zero_size", "short_step", "short_data",
+                                  "unknown_session"])
+def test_bad_input_gets_an_error(client, room_image, case):
+    msg, text, session = client.image_msg(room_image[:20, :30].copy()), QUESTION, ""
+    expected = {"empty": "query is empty", "huge": "max_query_chars", "encoding": "unknown image encoding",
+                "zero_size": "zero size", "short_step": "step", "short_data": "bytes",
+                "unknown_session": "unknown session id"}[case]
+    if case == "empty":
+        text = "   "
+    elif case == "huge":
+        text = "where " * 2000
+    elif case == "encoding":
+        msg.encoding = "weird42"
+    elif case == "zero_size":  # (width 0 means "no image: use the camera frame", so the height is 0)
+        msg.height = 0
+    elif case == "short_step":
+        msg.step = msg.width * 3 - 1
+    elif case == "short_data":
+        msg.data = msg.data[: len(msg.data) // 2]
+    elif case == "unknown_session":
+        session = "no-such-session"
+    goal = Converse.Goal(text=text, session_id=session, image=msg, max_new_tokens=4)
+    result = send(client, goal)
+    assert expected in result.error, result.error
+    assert result.reply == "" and not result.masks
+
+
+def send(client, goal, timeout=30):
+    sent = client.action.send_goal_async(goal)
+    client.spin_until(sent.done, timeout, "goal acceptance")
+    result = sent.result().get_result_async()
+    client.spin_until(result.done, timeout, "the result")
+    return result.result().result.result
+
+
+def test_topic_bad_queries(client):
+    assert "query is empty" in ask(client, "  ").error
+    assert "max_query_chars" in ask(client, "x" * 10_000).error
+
+
+def test_node_survives_and_reports(client, node, room_image):
+    process, log = node
+    assert process.poll() is None, log.read_text()[-2000:]
+    assert client.converse(QUESTION, image=room_image, timeout=30).error == ""
+    client.diagnostics.clear()
+    client.spin_until(lambda: client.diagnostics, 5, "diagnostics")
+    values = {kv.key: kv.value for kv in client.diagnostics[-1].status[0].values}
+    assert values["loaded"] == "True" and values["device"] == "cpu" and values["queue_depth"] == "0"
+    assert int(values["served"]) >= 5 and int(values["sessions"]) <= 3  # max_sessions bounds memory
+
+
+def test_model_that_failed_to_load(tmp_path, ros, room_image):
+    process = start_node(tmp_path / "broken.log", namespace="/broken", model=str(tmp_path / "missing"),
+                         device="cpu")
+    try:
+        client = LisaClient(context=ros, namespace="broken")
+        try:
+            client.wait_for_node(30)
+            result = client.converse(QUESTION, image=room_image, timeout=20)
+            assert "model failed to load" in result.error and str(tmp_path / "missing") in result.error
+            assert process.poll() is None
+        finally:
+            client.close()
+    finally:
+        stop(process)
