@@ -48,6 +48,7 @@ class LisaNode(LifecycleNode):
         self.queue: InferenceQueue | None = None
         self.last_latency_s = float("nan")
         self.served = 0
+        self.frame_age_max_ms = float("-inf")  # worst image-callback delay since the last diagnostics message
         self._entities = []
         if self.param("autostart"):
             self.trigger_configure()
@@ -90,6 +91,10 @@ class LisaNode(LifecycleNode):
         from lisa_core import Lisa
 
         quantization = self.param("quantization")
+        if self.param("cpu_threads") > 0:
+            import torch
+
+            torch.set_num_threads(self.param("cpu_threads"))
         self.get_logger().info(f"loading {self.param('model')} …")
         try:
             self.lisa = Lisa.from_pretrained(
@@ -140,6 +145,9 @@ class LisaNode(LifecycleNode):
     # ---------------------------------------------------------------- inputs
     def on_image(self, msg) -> None:
         self.frames.put(msg, msg.header)
+        stamp = msg.header.stamp
+        age_ms = (time.time_ns() - (stamp.sec * 10**9 + stamp.nanosec)) / 1e6  # meaningful on one clock
+        self.frame_age_max_ms = max(self.frame_age_max_ms, age_ms)
 
     def on_query(self, msg: String) -> None:
         received = time.perf_counter()
@@ -300,7 +308,9 @@ class LisaNode(LifecycleNode):
             "queue_depth": str(self.queue.depth if self.queue else 0),
             "sessions": str(len(self.sessions) if self.sessions else 0), "served": str(self.served),
             "frames_received": str(self.frames.received), "error": self.load_error,
+            "frame_age_max_ms": f"{self.frame_age_max_ms:.1f}",
         }
+        self.frame_age_max_ms = float("-inf")
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: LISA engine", hardware_id=values["device"],
                                   message="ready" if self.lisa is not None else self.load_error,
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
@@ -309,6 +319,9 @@ class LisaNode(LifecycleNode):
 
 
 def main(args=None) -> int:
+    # The inference thread runs Python-heavy decode loops; a short GIL switch interval keeps the executor threads
+    # (camera frames, queries, services) from waiting up to 5 ms per hand-over behind it.
+    sys.setswitchinterval(0.0005)
     rclpy.init(args=sys.argv if args is None else args)
     node = LisaNode()
     # every waiting action goal holds a thread: keep some free for images, queries and services

@@ -35,6 +35,7 @@ PARAMETERS = (
     Param("max_turns", 20, "turns per session; then the session must be reset"),
     Param("busy_policy", "queue", "queue | reject: what happens to a request while the model is busy"),
     Param("max_queue", 4, "with busy_policy=queue: requests that may wait behind the running one"),
+    Param("cpu_threads", 0, "torch CPU threads for inference (0: torch's default); fewer leaves cores to ROS"),
     Param("autostart", True, "configure and activate on start (loads the model); false: wait for lifecycle calls"),
     Param("diagnostics_period_s", 1.0, "period of /diagnostics"),
 )
