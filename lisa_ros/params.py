@@ -40,3 +40,18 @@ PARAMETERS = (
     Param("diagnostics_period_s", 1.0, "period of /diagnostics"),
 )
 DEFAULTS = {p.name: p.default for p in PARAMETERS}
+
+
+def parameters_yaml() -> str:
+    """``config/lisa.yaml``: every parameter with its description (regenerate: ``python -m lisa_ros.params``)."""
+    lines = ["# Parameters of the LISA node (lisa-node / lisa.launch.py); made by `python -m lisa_ros.params`.",
+             "# Keyed with /** so that it still matches after a namespace remap.", "/**:", "  ros__parameters:"]
+    for p in PARAMETERS:
+        value = f'"{p.default}"' if isinstance(p.default, str) else str(p.default).lower() if isinstance(
+            p.default, bool) else p.default
+        lines += [f"    # {p.description}", f"    {p.name}: {value}"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(parameters_yaml(), end="")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lisa_ros.params import DEFAULTS
+from lisa_ros.params import DEFAULTS, parameters_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "lisa.launch.py"
@@ -29,8 +29,9 @@ def test_launch_arguments_are_node_parameters():
 
 
 def test_parameters_file_matches_the_node():
-    config = yaml.safe_load((ROOT / "config" / "lisa.yaml").read_text())
-    assert config["/**"]["ros__parameters"] == DEFAULTS
+    text = (ROOT / "config" / "lisa.yaml").read_text()
+    assert yaml.safe_load(text)["/**"]["ros__parameters"] == DEFAULTS
+    assert text == parameters_yaml(), "config/lisa.yaml is stale: python -m lisa_ros.params > config/lisa.yaml"
 
 
 def test_launch_file_builds_where_launch_is_installed():
