@@ -243,3 +243,24 @@ def test_model_that_failed_to_load(tmp_path, ros, room_image):
             client.close()
     finally:
         stop(process)
+
+
+def test_lifecycle_deactivate_frees_and_activate_reloads(client, room_image):
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    def change(transition_id):
+        answer = call(client, ChangeState, "/lisa/change_state",
+                      ChangeState.Request(transition=Transition(id=transition_id)), timeout=60)
+        assert answer.success
+
+    assert call(client, GetState, "/lisa/get_state", GetState.Request()).current_state.label == "active"
+    change(Transition.TRANSITION_DEACTIVATE)
+    assert call(client, GetState, "/lisa/get_state", GetState.Request()).current_state.label == "inactive"
+    result = client.converse(QUESTION, image=room_image, timeout=30)
+    assert "model unloaded" in result.error
+    client.diagnostics.clear()
+    client.spin_until(lambda: client.diagnostics, 5, "diagnostics")
+    assert {kv.key: kv.value for kv in client.diagnostics[-1].status[0].values}["loaded"] == "False"
+    change(Transition.TRANSITION_ACTIVATE)
+    assert client.converse(QUESTION, image=room_image, timeout=30).error == ""
