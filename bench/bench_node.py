@@ -12,7 +12,6 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,20 +27,12 @@ from lisa_core.output import read_image
 from lisa_core.tiny import SAMPLE_IMAGE, make_tiny
 from lisa_ros.client import LisaClient
 from lisa_ros.dds import local_dds_env
+from lisa_ros.process import start_node, stop_node
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUESTION = "Where can I wash my hands? Please output segmentation mask."
 DOMAIN = 91
 NEW_TOKENS = 8
-
-
-def start_node(model: Path, log: Path) -> subprocess.Popen:
-    params = {"model": model, "dtype": "float32", "device": "cpu", "max_new_tokens": NEW_TOKENS,
-              "publish_overlay": "false", "max_queue": 2}
-    command = [sys.executable, "-m", "lisa_ros.node", "--ros-args",
-               *[a for k, v in params.items() for a in ("-p", f"{k}:={v}")]]
-    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=local_dds_env(DOMAIN),
-                            start_new_session=True)
 
 
 class TopicPath:
@@ -155,7 +146,8 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = make_tiny(Path(tmp) / "tiny")
         lisa = Lisa.from_pretrained(str(model), device="cpu")
-        node = start_node(model, Path(tmp) / "node.log")
+        node = start_node({"model": model, "dtype": "float32", "device": "cpu", "max_new_tokens": NEW_TOKENS,
+                           "publish_overlay": "false", "max_queue": 2}, Path(tmp) / "node.log", local_dds_env(DOMAIN))
         rclpy.init(domain_id=DOMAIN)
         client = LisaClient()
         try:
@@ -187,8 +179,7 @@ def main(argv=None) -> None:
         finally:
             client.close()
             rclpy.try_shutdown()
-            node.terminate()
-            node.wait(10)
+            stop_node(node)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "node.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"written {RESULTS / 'node.json'}")

@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -21,6 +19,7 @@ from lisa_core.output import read_image
 from lisa_core.tiny import SAMPLE_IMAGE, make_tiny
 
 from .dds import local_dds_env
+from .process import start_node, stop_node
 
 TINY_DIR = Path.home() / ".cache" / "lisa_ros" / "lisa-tiny"
 QUESTION = "Where can I wash my hands? Please output segmentation mask."
@@ -36,24 +35,6 @@ def parse_args(argv):
     p.add_argument("--out", default="demo_out", help="where replies, masks and overlays go (default ./demo_out)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the node and each reply")
     return p.parse_args(argv)
-
-
-def start_node(model: str, dtype: str, device: str, log: Path, env: dict) -> subprocess.Popen:
-    params = {"model": model, "dtype": dtype, "device": device, "max_new_tokens": 32}
-    command = [sys.executable, "-m", "lisa_ros.node", "--ros-args",
-               *[arg for k, v in params.items() if v != "" for arg in ("-p", f"{k}:={v}")]]
-    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
-
-
-def stop_node(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def stream_camera(client, image, stop: threading.Event, hz: float = 5.0) -> None:
@@ -95,7 +76,8 @@ def main(argv=None) -> int:
     image = read_image(args.image)
     env = local_dds_env(int(os.environ.get("ROS_DOMAIN_ID", random.randint(1, 100))))
     os.environ.update(env)
-    node = start_node(model, dtype, args.device, out / "node.log", env)
+    node = start_node({"model": model, "dtype": dtype, "device": args.device, "max_new_tokens": 32},
+                      out / "node.log", env)
     print(f"started lisa-node (pid {node.pid}, ROS_DOMAIN_ID {env['ROS_DOMAIN_ID']}, log {out / 'node.log'})")
 
     import rclpy

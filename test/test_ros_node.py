@@ -1,9 +1,6 @@
 """The LISA node over real DDS: a node subprocess on the tiny checkpoint, talked to over topics, the action and
 services from this process. Each module run has its own ROS_DOMAIN_ID; every wait is bounded."""
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -22,28 +19,15 @@ from std_msgs.msg import String  # noqa: E402
 
 from lisa_ros.client import LisaClient  # noqa: E402
 from lisa_ros.dds import local_dds_env  # noqa: E402
+from lisa_ros.process import start_node as start_process  # noqa: E402
+from lisa_ros.process import stop_node  # noqa: E402
 
 DOMAIN = 20 + os.getpid() % 70
 QUESTION = "Where can I wash my hands? Please output segmentation mask."
 
 
 def start_node(log_path, namespace="", **params):
-    command = [sys.executable, "-m", "lisa_ros.node", "--ros-args",
-               *[a for k, v in params.items() for a in ("-p", f"{k}:={v}")]]
-    if namespace:
-        command += ["-r", f"__ns:={namespace}"]
-    return subprocess.Popen(command, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
-                            env=local_dds_env(DOMAIN), start_new_session=True)
-
-
-def stop(process):
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    return start_process(params, log_path, local_dds_env(DOMAIN), namespace)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +45,7 @@ def node(tiny_ckpt, tmp_path_factory, ros):
     process = start_node(log, model=str(tiny_ckpt), dtype="float32", device="cpu", max_new_tokens=8,
                          max_query_chars=2000, max_sessions=3)
     yield process, log
-    stop(process)
+    stop_node(process)
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +226,7 @@ def test_model_that_failed_to_load(tmp_path, ros, room_image):
         finally:
             client.close()
     finally:
-        stop(process)
+        stop_node(process)
 
 
 def test_lifecycle_deactivate_frees_and_activate_reloads(client, room_image):
