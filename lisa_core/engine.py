@@ -19,7 +19,7 @@ from . import checkpoint as ckpt_io
 from .model import LisaForCausalLM
 from .preprocess import check_image, clip_pixels, load_clip_processor, sam_pixels
 from .prompt import (IMAGE_TOKEN_INDEX, PromptTokenizer, first_turn_text, next_turn_text,
-                     seg_hidden_positions)
+                     seg_hidden_positions, token_end_positions)
 from .quantize import check_quantization, quantize_linears
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ class Lisa:
         with watch.measure("prefill"):
             embeds = self.model.embed_ids(torch.tensor(ids, device=self.device), features)
             hidden = self.model.model(inputs_embeds=embeds, use_cache=False).last_hidden_state[0]
-            hidden = hidden[_token_end_positions(ids, features.shape[0])]
+            hidden = hidden[token_end_positions(ids, features.shape[0])]
         positions = seg_hidden_positions(ids, self.tokenizer.seg_token_id)
         logits, scores = self._masks(state, hidden[positions], watch)
         return _result(answer, ids, logits, scores, watch)
@@ -286,7 +286,7 @@ class Session:
             out = model.model(inputs_embeds=embeds, cache=self.cache, use_cache=True)
             self.cache = out.cache
             self.cached_positions += embeds.shape[1]
-            hidden = [out.last_hidden_state[0][_token_end_positions(fed, 0 if features is None else features.shape[0])]]
+            hidden = [out.last_hidden_state[0][token_end_positions(fed, 0 if features is None else features.shape[0])]]
             next_id = int(model.lm_head(hidden[0][-1]).argmax())
         generated: list[int] = []
         with watch.measure("decode"):
@@ -318,15 +318,6 @@ class Session:
 def _check_text(text: str) -> None:
     if not isinstance(text, str) or not text.strip():
         raise ValueError("query text is empty")
-
-
-def _token_end_positions(ids: Sequence[int], n_patches: int) -> list[int]:
-    """For each id, the index of its last position once the image id is expanded to ``n_patches`` positions."""
-    ends, position = [], -1
-    for i in ids:
-        position += n_patches if i == IMAGE_TOKEN_INDEX else 1
-        ends.append(position)
-    return ends
 
 
 def _result(text, ids, logits: torch.Tensor, scores: torch.Tensor, watch: Stopwatch, turn: int = 1) -> LisaResult:

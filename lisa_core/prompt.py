@@ -37,6 +37,17 @@ def next_turn_text(question: str) -> str:
     return f"{USER}: {question} {ASSISTANT}:"
 
 
+def conversation_prefixes(turns, use_im_start_end: bool = True) -> list[tuple[str, str]]:
+    """For closed turns ``[(question, answer), …]``: per turn, (text up to its ``ASSISTANT:``, text through its
+    ``</s>``). The last ``through`` is the whole conversation as the reference's training collate writes it."""
+    text, spans = "", []
+    for i, (question, answer) in enumerate(turns):
+        prompt = first_turn_text(question, use_im_start_end=use_im_start_end) if i == 0 else next_turn_text(question)
+        spans.append((text + prompt, text + prompt + f" {answer}{TURN_END}"))
+        text = spans[-1][1]
+    return spans
+
+
 @dataclass(frozen=True)
 class PromptTokenizer:
     """A LLaMA tokenizer plus the ids LISA needs. ``hf`` is a transformers tokenizer of the checkpoint."""
@@ -83,3 +94,12 @@ def seg_hidden_positions(ids: Sequence[int], seg_token_id: int, start: int = 1) 
     This is the one place that decides it; inference, evaluation and training all call it.
     """
     return [j - 1 for j in range(max(start, 1), len(ids)) if ids[j] == seg_token_id]
+
+
+def token_end_positions(ids: Sequence[int], n_patches: int) -> list[int]:
+    """For each id, the index of its last position once the image id is expanded to ``n_patches`` positions."""
+    ends, position = [], -1
+    for i in ids:
+        position += n_patches if i == IMAGE_TOKEN_INDEX else 1
+        ends.append(position)
+    return ends

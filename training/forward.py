@@ -1,0 +1,55 @@
+"""One training/evaluation forward of LISA on a collated batch: the LLM over every conversation (image features
+spliced in, right-padded), next-token CE on the answers, and one mask per ``[SEG]`` from the hidden state of the
+token before it — the same position rule and mask decoder the inference engine uses."""
+from __future__ import annotations
+
+import torch
+
+from lisa_core.model import LisaForCausalLM
+from lisa_core.preprocess import clip_pixels, sam_pixels
+from lisa_core.prompt import seg_hidden_positions, token_end_positions
+
+from .collate import IGNORE_INDEX
+from .losses import LossWeights, lisa_loss, next_token_ce
+
+
+def expand_labels(labels: list[int], ids: list[int], n_patches: int) -> list[int]:
+    """Labels per expanded position: the image placeholder's positions are never supervised."""
+    out = []
+    for token, label in zip(ids, labels):
+        out += [IGNORE_INDEX] * n_patches if token < 0 else [label]
+    return out
+
+
+def forward_batch(model: LisaForCausalLM, clip_processor, batch: dict, seg_token_id: int) -> dict:
+    """→ ``{"logits_ce": CE, "pred_masks": [per image ``[n, H, W]`` logits]}``."""
+    device = model.model.embed_tokens.weight.device
+    features = [model.encode_clip(clip_pixels(clip_processor, image).to(device))[0] for image in batch["images"]]
+    owner = [i for i in range(len(batch["images"])) for _ in range(batch["offset"][i], batch["offset"][i + 1])]
+    embeds, labels, ends = [], [], []
+    for ids, target, image_index in zip(batch["input_ids"], batch["labels"], owner):
+        n_patches = features[image_index].shape[0]
+        embeds.append(model.embed_ids(torch.tensor(ids, device=device), features[image_index])[0])
+        labels.append(torch.tensor(expand_labels(target, ids, n_patches), device=device))
+        ends.append(token_end_positions(ids, n_patches))
+    mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(e), dtype=torch.long) for e in embeds], True).to(device)
+    hidden = model.model(inputs_embeds=torch.nn.utils.rnn.pad_sequence(embeds, True), attention_mask=mask,
+                         use_cache=False).last_hidden_state
+    ce = next_token_ce(model.lm_head(hidden), torch.nn.utils.rnn.pad_sequence(labels, True, IGNORE_INDEX))
+    seg_states = [[] for _ in batch["images"]]
+    for row, (ids, image_index) in enumerate(zip(batch["input_ids"], owner)):
+        positions = [ends[row][p] for p in seg_hidden_positions(ids, seg_token_id)]
+        seg_states[image_index].append(hidden[row, positions])
+    pred_masks = []
+    for image, states in zip(batch["images"], seg_states):
+        pixels, input_size = sam_pixels(image, model.sam.image_encoder.img_size)
+        embedding = model.encode_sam(pixels.to(device))
+        logits, _ = model.decode_masks(embedding, model.seg_prompts(torch.cat(states)), input_size, image.shape[:2])
+        pred_masks.append(logits)
+    return {"ce": ce, "pred_masks": pred_masks}
+
+
+def batch_loss(model, clip_processor, batch: dict, seg_token_id: int, weights: LossWeights = LossWeights()) -> dict:
+    out = forward_batch(model, clip_processor, batch, seg_token_id)
+    gt = [m.to(out["pred_masks"][0].device) for m in batch["masks"]]
+    return lisa_loss(out["ce"], out["pred_masks"], gt, weights)
