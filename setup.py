@@ -28,6 +28,7 @@ setup(
             "lisa-node = lisa_ros.node:main",
             "lisa-query = lisa_ros.client:main",
             "lisa-demo = lisa_ros.demo:main",
+            "lisa-train = training.train:main",
         ],
     },
 )

@@ -1,0 +1,1 @@
+"""Training data: one module per source format, each yielding ``training.collate.Sample``."""

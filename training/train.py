@@ -1,0 +1,315 @@
+"""``lisa-train``: LoRA fine-tuning of LISA under DeepSpeed, with the paper's recipe as the defaults.
+
+    lisa-train --config run.yaml [--set key=value ...]         (one process, or under `deepspeed --num_gpus N`)
+
+The config (YAML or JSON) holds the fields of ``TrainConfig``. On a machine without CUDA the same code path runs in
+fp32 over gloo. Writes ``OUTPUT/checkpoints`` (DeepSpeed, resumable), ``OUTPUT/metrics.csv`` and ``curves.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from lisa_core import Lisa
+from lisa_core.metrics import SegmentationMeter
+
+from .collate import collate
+from .forward import batch_loss
+from .losses import LossWeights
+
+log = logging.getLogger("lisa-train")
+TRAINABLE = ("lm_head", "embed_tokens", "mask_decoder", "text_hidden_fcs")
+NO_LORA = ("visual_model", "vision_tower", "mm_projector", "text_hidden_fcs")
+
+
+@dataclass
+class TrainConfig:
+    """Defaults: the paper's recipe (reference ``train_ds.py``)."""
+
+    model: str = "xinlai/LISA-7B-v1"  # a LISA checkpoint to fine-tune (dir or hub id)
+    vision_tower: str | None = None
+    output_dir: str = "runs/lisa"
+    precision: str = "bf16"  # bf16 | fp32 (fp32 is forced without CUDA)
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    micro_batch: int = 2
+    grad_accum: int = 10
+    epochs: int = 10
+    steps_per_epoch: int = 500
+    zero_stage: int = 2
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    ce_weight: float = 1.0
+    bce_weight: float = 2.0
+    dice_weight: float = 0.5
+    max_length: int = 512
+    datasets: dict = field(default_factory=lambda: {"synthetic": {"weight": 1.0, "size": 100000}})
+    eval: dict = field(default_factory=lambda: {"synthetic": {"size": 50, "seed": 999}})
+    eval_every: int = 500  # optimizer steps
+    checkpoint_every: int = 500
+    seed: int = 0
+
+    @classmethod
+    def load(cls, path: str | None, overrides: list[str] = ()) -> "TrainConfig":
+        values = {}
+        if path:
+            text = Path(path).read_text()
+            values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text) or {}
+        for item in overrides:
+            key, _, raw = item.partition("=")
+            values[key] = yaml.safe_load(raw)
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown config fields: {sorted(unknown)}")
+        return cls(**values)
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+def build_dataset(name: str, options: dict):
+    options = {k: v for k, v in options.items() if k != "weight"}
+    if name == "synthetic":
+        from .data.synthetic import SyntheticRooms
+
+        return SyntheticRooms(**options)
+    raise ValueError(f"unknown dataset '{name}' (available: synthetic)")
+
+
+class Mixture:
+    """Sample ``k`` of the training stream: a source drawn by weight, then an item, both from ``k`` and the seed —
+    so a resumed run sees exactly the samples it would have seen."""
+
+    def __init__(self, sources: dict, seed: int):
+        self.sources = {name: build_dataset(name, opts) for name, opts in sources.items()}
+        self.weights = [float(opts.get("weight", 1.0)) for opts in sources.values()]
+        self.seed = seed
+
+    def __getitem__(self, k: int):
+        rng = random.Random(self.seed * 7_919 + k)
+        dataset = rng.choices(list(self.sources.values()), self.weights)[0]
+        return dataset[rng.randrange(len(dataset))]
+
+
+class TrainModule(torch.nn.Module):
+    """What DeepSpeed drives: the (LoRA-wrapped) LISA and a forward that returns the loss terms."""
+
+    def __init__(self, peft_model, clip_processor, seg_token_id: int, weights: LossWeights):
+        super().__init__()
+        self.peft_model = peft_model
+        self.clip_processor, self.seg_token_id, self.weights = clip_processor, seg_token_id, weights
+
+    @property
+    def lisa_model(self):
+        return self.peft_model.get_base_model()
+
+    def forward(self, batch: dict) -> dict:
+        return batch_loss(self.lisa_model, self.clip_processor, batch, self.seg_token_id, self.weights)
+
+
+def add_lora(model, config: TrainConfig):
+    """LoRA on the LLM's ``lora_targets`` (not SAM, CLIP, projector or fcs); lm_head, embed_tokens, the mask decoder
+    and text_hidden_fcs trainable; everything else frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = sorted(name for name, module in model.named_modules()
+                     if isinstance(module, torch.nn.Linear) and not any(x in name for x in NO_LORA)
+                     and any(name.endswith(t) for t in config.lora_targets))
+    model.requires_grad_(False)
+    peft_model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                                                  lora_dropout=config.lora_dropout, target_modules=targets,
+                                                  bias="none", task_type="CAUSAL_LM"))
+    for name, param in peft_model.named_parameters():
+        if any(x in name for x in TRAINABLE):
+            param.requires_grad = True
+    return peft_model
+
+
+def deepspeed_config(config: TrainConfig, on_gpu: bool) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": config.micro_batch,
+        "gradient_accumulation_steps": config.grad_accum,
+        "optimizer": {"type": "AdamW", "params": {"lr": config.lr, "weight_decay": config.weight_decay,
+                                                  "betas": list(config.betas), "torch_adam": not on_gpu}},
+        "scheduler": {"type": "WarmupDecayLR", "params": {
+            "total_num_steps": config.total_steps, "warmup_min_lr": 0, "warmup_max_lr": config.lr,
+            "warmup_num_steps": config.warmup_steps, "warmup_type": "linear"}},
+        "bf16": {"enabled": on_gpu and config.precision == "bf16"},
+        "gradient_clipping": config.grad_clip,
+        "zero_optimization": {"stage": config.zero_stage, "contiguous_gradients": True, "overlap_comm": on_gpu,
+                              "reduce_scatter": True, "reduce_bucket_size": 5e8, "allgather_bucket_size": 5e8},
+    }
+
+
+def init_distributed(on_gpu: bool) -> None:
+    import deepspeed
+
+    if not on_gpu:  # the shared-memory CPU allreduce op would be JIT-compiled (~1 min) at every start; gloo suffices
+        import importlib  # (the attribute deepspeed.comm.torch is the torch library itself; the module is this)
+
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+
+
+@torch.no_grad()
+def evaluate(lisa: Lisa, samples) -> dict:
+    """gIoU / cIoU as the reference's validation: teacher-forced ``"[SEG]."`` per question."""
+    meter = SegmentationMeter()
+    for index, sample in enumerate(samples):
+        preds = []
+        for turns in sample.conversations:
+            preds += lisa.segment(sample.image, turns[0][0], "[SEG].").masks
+        targets = [m.astype("uint8") for m in sample.masks]
+        if sample.ignore is not None:
+            for t in targets:
+                t[sample.ignore] = 255
+        meter.update(preds, targets, name=str(index))
+    return meter.summary()
+
+
+def plot_curves(rows: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (losses, scores) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [r["step"] for r in rows if r.get("loss") not in (None, "")]
+    for key in ("loss", "ce", "bce", "dice"):
+        losses.plot(steps, [float(r[key]) for r in rows if r.get("loss") not in (None, "")], label=key)
+    losses.set(xlabel="optimizer step", ylabel="loss", yscale="log", title="training loss terms")
+    losses.legend()
+    evals = [r for r in rows if r.get("giou") not in (None, "")]
+    for key in ("giou", "ciou"):
+        scores.plot([r["step"] for r in evals], [float(r[key]) for r in evals], marker="o", label=key)
+    scores.set(xlabel="optimizer step", ylim=(0, 1), title="held-out segmentation")
+    scores.legend()
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+
+
+def train(config: TrainConfig, max_steps: int | None = None, deadline: float | None = None) -> dict:
+    """Run (or resume) training; returns the final metrics. ``max_steps`` / ``deadline`` (a ``time.time()``) stop
+    early, after an evaluation and a checkpoint (tests, benchmarks)."""
+    import deepspeed
+
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu and config.precision != "fp32":
+        log.info("no CUDA: training in fp32 (bf16 is emulated and 20-45x slower on CPU)")
+    init_distributed(on_gpu)
+    torch.manual_seed(config.seed)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lisa = Lisa.from_pretrained(config.model, vision_tower=config.vision_tower,
+                                device="cuda" if on_gpu else "cpu", dtype="float32")
+    peft_model = add_lora(lisa.model, config)
+    module = TrainModule(peft_model, lisa.clip_processor, lisa.tokenizer.seg_token_id,
+                         LossWeights(config.ce_weight, config.bce_weight, config.dice_weight))
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=module, model_parameters=[p for p in module.parameters() if p.requires_grad],
+        config=deepspeed_config(config, on_gpu))
+    checkpoints = out / "checkpoints"
+    samples_seen, best = 0, {"giou": -1.0}
+    if (checkpoints / "latest").is_file():
+        _, state = engine.load_checkpoint(str(checkpoints))
+        samples_seen, best = state["samples_seen"], state["best"]
+        log.info("resumed at step %d (%d samples seen)", engine.global_steps, samples_seen)
+    data = Mixture(config.datasets, config.seed)
+    eval_samples = [build_dataset(name, opts) for name, opts in config.eval.items()]
+    eval_samples = [s[i] for s in eval_samples for i in range(len(s))]
+    lisa_view = Lisa(module.lisa_model, lisa.tokenizer, lisa.clip_processor, lisa.device)
+    metrics_file = out / "metrics.csv"
+    fields = ["step", "samples", "lr", "loss", "ce", "bce", "dice", "giou", "ciou", "seconds"]
+    rows = list(csv.DictReader(metrics_file.open())) if metrics_file.is_file() and samples_seen else []
+    rows = [r for r in rows if int(r["step"]) <= engine.global_steps]
+    last_steps = min(config.total_steps, max_steps or config.total_steps)
+    bar = tqdm(total=last_steps, initial=engine.global_steps, desc="training", unit="step", disable=None)
+    start, running = time.time(), []
+    while engine.global_steps < last_steps:
+        batch = collate([data[samples_seen + i] for i in range(config.micro_batch)], lisa.tokenizer,
+                        config.max_length)
+        samples_seen += config.micro_batch
+        engine.train()
+        terms = engine(batch)
+        engine.backward(terms["loss"])
+        before = engine.global_steps
+        engine.step()  # updates the weights only at the end of each gradient-accumulation window
+        running.append({k: float(v.detach()) for k, v in terms.items()})
+        if engine.global_steps == before:
+            continue
+        step = engine.global_steps
+        if deadline is not None and time.time() > deadline:
+            last_steps = step
+        row = {"step": step, "samples": samples_seen, "lr": scheduler.get_last_lr()[0],
+               "seconds": round(time.time() - start, 1),
+               **{k: sum(r[k] for r in running) / len(running) for k in ("loss", "ce", "bce", "dice")}}
+        running = []
+        if step % config.eval_every == 0 or step == last_steps:
+            engine.eval()
+            summary = evaluate(lisa_view, eval_samples)
+            row.update(giou=summary["giou"], ciou=summary["ciou"])
+            if summary["giou"] > best["giou"]:
+                best = {"giou": summary["giou"], "ciou": summary["ciou"], "step": step}
+        rows.append(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", **({"giou": f"{row['giou']:.3f}"} if "giou" in row else {}))
+        if step % config.checkpoint_every == 0 or step == last_steps:
+            engine.save_checkpoint(str(checkpoints), tag=f"step_{step}",
+                                   client_state={"samples_seen": samples_seen, "best": best})
+            with metrics_file.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows({k: r.get(k, "") for k in fields} for r in rows)
+            plot_curves(rows, out / "curves.png")
+    bar.close()
+    final = {"step": engine.global_steps, "samples_seen": samples_seen, "best": best,
+             "last": rows[-1] if rows else {}}
+    (out / "summary.json").write_text(json.dumps(final, indent=2, default=float) + "\n")
+    return final
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="lisa-train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="YAML or JSON file with TrainConfig fields (defaults: the paper's recipe)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields")
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        config = TrainConfig.load(args.config, args.set)
+    except (OSError, ValueError, TypeError) as err:
+        print(f"lisa-train: {err}", file=sys.stderr)
+        return 2
+    summary = train(config, args.max_steps)
+    print(json.dumps(summary, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
