@@ -29,6 +29,7 @@ setup(
             "lisa-query = lisa_ros.client:main",
             "lisa-demo = lisa_ros.demo:main",
             "lisa-train = training.train:main",
+            "lisa-export = training.export:main",
         ],
     },
 )

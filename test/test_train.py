@@ -50,3 +50,26 @@ def test_paper_recipe_defaults_and_bad_config(tmp_path, capsys):
     bad.write_text("lerning_rate: 1\n")
     assert main(["--config", str(bad)]) == 2
     assert "unknown config fields: ['lerning_rate']" in capsys.readouterr().err
+
+
+def test_export_merged_and_adapter(tiny_ckpt, tmp_path, room_image):
+    import torch
+
+    from lisa_core import Lisa
+    from training.export import ADAPTER_EXTRA, export_adapter, export_merged, load_trained
+
+    run = tmp_path / "run"
+    train(config(tiny_ckpt, run, lr=1e-2, warmup_steps=1), max_steps=3)
+    lisa, module = load_trained(run)
+    trained = Lisa(module.lisa_model.eval(), lisa.tokenizer, lisa.clip_processor, lisa.device)
+    expected = trained.segment(room_image, "Where can I wash my hands?", "Sure, it is [SEG].")
+    exported = Lisa.from_pretrained(str(export_merged(run, tmp_path / "merged")), device="cpu")
+    got = exported.segment(room_image, "Where can I wash my hands?", "Sure, it is [SEG].")
+    assert abs(got.mask_logits - expected.mask_logits).max() < 1e-4
+    base = Lisa.from_pretrained(str(tiny_ckpt), device="cpu").segment(room_image, "Where can I wash my hands?",
+                                                                     "Sure, it is [SEG].")
+    assert abs(got.mask_logits - base.mask_logits).max() > 1e-3, "export must carry the trained weights"
+    keys = torch.load(tmp_path / "merged" / "pytorch_model.bin", weights_only=True).keys()
+    assert not any("lora" in k or "base_model" in k or "vision_tower" in k for k in keys)
+    adapter = export_adapter(run, tmp_path / "adapter")
+    assert {"adapter_config.json", "adapter_model.safetensors", ADAPTER_EXTRA} <= {p.name for p in adapter.iterdir()}

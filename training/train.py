@@ -225,6 +225,7 @@ def train(config: TrainConfig, max_steps: int | None = None, deadline: float | N
     torch.manual_seed(config.seed)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
     lisa = Lisa.from_pretrained(config.model, vision_tower=config.vision_tower,
                                 device="cuda" if on_gpu else "cpu", dtype="float32")
     peft_model = add_lora(lisa.model, config)

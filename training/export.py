@@ -1,0 +1,76 @@
+"""``lisa-export RUN_DIR OUT_DIR``: a training run's DeepSpeed checkpoint → fp32 → LoRA merged → a checkpoint in the
+official LISA layout (``Lisa.from_pretrained``, the ROS node and the reference code load it). ``--adapter-only``
+writes the LoRA adapter (peft format) plus the other trained weights (lm_head, embed_tokens, mask decoder,
+text_hidden_fcs) instead, for switching adapters on one base model."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from lisa_core import Lisa
+from lisa_core.checkpoint import resolve_checkpoint, save_checkpoint
+
+from .train import TRAINABLE, TrainConfig, TrainModule, add_lora
+
+ADAPTER_EXTRA = "trained_weights.safetensors"
+
+
+def load_trained(run_dir: str | Path, tag: str | None = None) -> tuple[Lisa, TrainModule]:
+    """Rebuild the run's model (base checkpoint + LoRA) and load its fp32 weights from the DeepSpeed checkpoint."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    run = Path(run_dir)
+    config_file = run / "train_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{run} is not a lisa-train run directory (no train_config.json)")
+    config = TrainConfig(**json.loads(config_file.read_text()))
+    lisa = Lisa.from_pretrained(config.model, vision_tower=config.vision_tower, device="cpu", dtype="float32")
+    module = TrainModule(add_lora(lisa.model, config), lisa.clip_processor, lisa.tokenizer.seg_token_id, None)
+    state = get_fp32_state_dict_from_zero_checkpoint(str(run / "checkpoints"), tag=tag)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    trained_missing = [k for k in missing if "lora_" in k or any(x in k for x in TRAINABLE)]
+    if trained_missing or unexpected:
+        raise RuntimeError(f"checkpoint does not fit the run's model: missing {trained_missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+    return lisa, module
+
+
+def export_merged(run_dir, out_dir, tag: str | None = None) -> Path:
+    lisa, module = load_trained(run_dir, tag)
+    merged = module.peft_model.merge_and_unload()
+    return save_checkpoint(merged, resolve_checkpoint(str(lisa.source_dir)), out_dir)
+
+
+def export_adapter(run_dir, out_dir, tag: str | None = None) -> Path:
+    _, module = load_trained(run_dir, tag)
+    out = Path(out_dir)
+    module.peft_model.save_pretrained(str(out))
+    extra = {name: param.detach().contiguous() for name, param in module.peft_model.named_parameters()
+             if param.requires_grad and "lora_" not in name}
+    save_file(extra, str(out / ADAPTER_EXTRA))
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="lisa-export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="the lisa-train output directory")
+    parser.add_argument("out_dir", help="where to write the checkpoint")
+    parser.add_argument("--tag", help="checkpoint tag (default: the latest, e.g. step_500)")
+    parser.add_argument("--adapter-only", action="store_true", help="write the LoRA adapter + trained weights only")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        out = (export_adapter if args.adapter_only else export_merged)(args.run_dir, args.out_dir, args.tag)
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        print(f"lisa-export: {err}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
