@@ -35,6 +35,8 @@ def test_train_resume_and_outputs(tiny_ckpt, tmp_path):
     assert a[2]["giou"] != "" and 0.0 <= float(a[2]["giou"]) <= 1.0
     assert (tmp_path / "straight" / "curves.png").stat().st_size > 1000
     assert (tmp_path / "straight" / "checkpoints" / "latest").read_text().strip() == "step_6"
+    best_step = max((r for r in a if r["giou"]), key=lambda r: float(r["giou"]))["step"]
+    assert (tmp_path / "straight" / "checkpoints" / "best").is_dir() and int(best_step) in (3, 6)
     summary = json.loads((tmp_path / "straight" / "summary.json").read_text())
     assert summary["step"] == 6
 

@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="lisa-export", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="the lisa-train output directory")
     parser.add_argument("out_dir", help="where to write the checkpoint")
-    parser.add_argument("--tag", help="checkpoint tag (default: the latest, e.g. step_500)")
+    parser.add_argument("--tag", help="checkpoint tag: 'best' (highest held-out gIoU), step_N (default: the latest)")
     parser.add_argument("--adapter-only", action="store_true", help="write the LoRA adapter + trained weights only")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:

@@ -274,8 +274,10 @@ def train(config: TrainConfig, max_steps: int | None = None, deadline: float | N
             engine.eval()
             summary = evaluate(lisa_view, eval_samples)
             row.update(giou=summary["giou"], ciou=summary["ciou"])
-            if summary["giou"] > best["giou"]:
+            if summary["giou"] > best["giou"]:  # keep the best weights as the checkpoint tag "best"
                 best = {"giou": summary["giou"], "ciou": summary["ciou"], "step": step}
+                engine.save_checkpoint(str(checkpoints), tag="best", save_latest=False,
+                                       client_state={"samples_seen": samples_seen, "best": best})
         rows.append(row)
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.3f}", **({"giou": f"{row['giou']:.3f}"} if "giou" in row else {}))
