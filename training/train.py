@@ -92,7 +92,11 @@ def build_dataset(name: str, options: dict):
         from .data.synthetic import SyntheticRooms
 
         return SyntheticRooms(**options)
-    raise ValueError(f"unknown dataset '{name}' (available: synthetic)")
+    if name == "scannet":
+        from .data.scannet import ScanNetFrames
+
+        return ScanNetFrames(**options)
+    raise ValueError(f"unknown dataset '{name}' (available: synthetic, scannet)")
 
 
 class Mixture:
@@ -290,6 +294,9 @@ def train(config: TrainConfig, max_steps: int | None = None, deadline: float | N
                 writer.writerows({k: r.get(k, "") for k in fields} for r in rows)
             plot_curves(rows, out / "curves.png")
     bar.close()
+    for name, source in data.sources.items():
+        if hasattr(source, "summary"):
+            log.info("%s: skipped samples: %s", name, source.summary())
     final = {"step": engine.global_steps, "samples_seen": samples_seen, "best": best,
              "last": rows[-1] if rows else {}}
     (out / "summary.json").write_text(json.dumps(final, indent=2, default=float) + "\n")

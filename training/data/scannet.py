@@ -1,0 +1,141 @@
+"""ScanNet v2 2D frames (the export layout) as segmentation samples — the robot's own rooms in the same layout work.
+
+    ROOT/scannetv2-labels.combined.tsv
+    ROOT/scene0000_00/color/0.jpg          RGB frame
+    ROOT/scene0000_00/label-filt/0.png     16-bit ScanNet label ids (the tsv's ``id`` column)
+    ROOT/scene0000_00/instance-filt/0.png  8/16-bit instance ids (0: none)
+    ROOT/scene0000_00/reason/0.json        optional ReasonSeg-style question about that frame
+
+``mode="semantic"``: up to ``classes_per_sample`` classes of the frame, "Can you segment the {class}?" each;
+``mode="instance"``: one object instance. Classes are named by ``label_set``: ``nyu40`` (nyu40class), ``scannet20``
+(the 20 benchmark classes, others dropped) or ``scannet200`` (the tsv's ``category``). Masks smaller than
+``min_pixels`` are not asked about; frames are taken every ``frame_step``. Unreadable or inconsistent files are
+skipped and counted (``skipped``), never fatal.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import random
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..collate import Sample
+from ..templates import ANSWERS, SHORT_QUESTIONS
+
+log = logging.getLogger(__name__)
+SCANNET20_NYU40 = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 24, 28, 33, 34, 36, 39}
+LABEL_SETS = ("nyu40", "scannet20", "scannet200")
+
+
+def read_label_map(tsv: Path, label_set: str) -> dict[int, str]:
+    """ScanNet label id → class name in ``label_set``."""
+    if label_set not in LABEL_SETS:
+        raise ValueError(f"label_set must be one of {LABEL_SETS}, got {label_set!r}")
+    names = {}
+    with tsv.open(newline="") as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            try:
+                label_id, nyu40 = int(row["id"]), int(row["nyu40id"] or 0)
+            except (KeyError, ValueError):
+                continue
+            if label_set == "scannet200":
+                names[label_id] = row["category"]
+            elif nyu40 and (label_set == "nyu40" or nyu40 in SCANNET20_NYU40):
+                names[label_id] = row["nyu40class"]
+    return names
+
+
+class ScanNetFrames:
+    def __init__(self, root: str | Path, mode: str = "semantic", label_set: str = "scannet20", frame_step: int = 20,
+                 min_pixels: int = 400, classes_per_sample: int = 3, seed: int = 0,
+                 ignore_classes: tuple[str, ...] = ("wall", "floor", "ceiling")):
+        self.root = Path(root)
+        tsv = self.root / "scannetv2-labels.combined.tsv"
+        if not tsv.is_file():
+            raise FileNotFoundError(f"no scannetv2-labels.combined.tsv in {self.root}")
+        if mode not in ("semantic", "instance"):
+            raise ValueError(f"mode must be 'semantic' or 'instance', got {mode!r}")
+        self.names = read_label_map(tsv, label_set)
+        self.mode, self.min_pixels, self.classes_per_sample, self.seed = mode, min_pixels, classes_per_sample, seed
+        self.ignore_classes = set(ignore_classes)
+        self.skipped: Counter = Counter()
+        self.frames = []
+        for scene in sorted(p for p in self.root.glob("scene*") if p.is_dir()):
+            colors = sorted((scene / "color").glob("*.jpg"), key=lambda p: int(p.stem) if p.stem.isdigit() else 0)
+            for color in colors[::frame_step]:
+                if (scene / "label-filt" / f"{color.stem}.png").is_file():
+                    self.frames.append((scene, color.stem))
+                else:
+                    self.skipped["no label image"] += 1
+        if not self.frames:
+            raise FileNotFoundError(f"no frames with color/*.jpg and label-filt/*.png under {self.root}")
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def summary(self) -> str:
+        return ", ".join(f"{n} × {why}" for why, n in self.skipped.items()) or "none"
+
+    def __getitem__(self, index: int) -> Sample:
+        """The sample of frame ``index``; a frame that cannot be used is skipped for the next one (counted)."""
+        for attempt in range(len(self.frames)):
+            sample = self._load(self.frames[(index + attempt) % len(self.frames)], index)
+            if sample is not None:
+                return sample
+        raise RuntimeError(f"no usable frame in {self.root} (skipped: {self.summary()})")
+
+    def _load(self, frame, index: int) -> Sample | None:
+        scene, stem = frame
+        image = cv2.imread(str(scene / "color" / f"{stem}.jpg"), cv2.IMREAD_COLOR)
+        labels = cv2.imread(str(scene / "label-filt" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        if image is None or labels is None or labels.ndim != 2:
+            self.skipped["unreadable image or label"] += 1
+            return None
+        h, w = labels.shape
+        image = cv2.cvtColor(cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
+        rng = random.Random(self.seed * 1_000_003 + index)
+        if self.mode == "instance":
+            targets = self._instance_targets(scene / "instance-filt" / f"{stem}.png", labels, rng)
+        else:
+            targets = self._semantic_targets(labels, rng)
+        if not targets:
+            self.skipped["no object large enough"] += 1
+            return None
+        conversations = [[(rng.choice(SHORT_QUESTIONS).format(class_name=name), rng.choice(ANSWERS))]
+                         for name, _ in targets]
+        masks = np.stack([m for _, m in targets]).astype(np.float32)
+        return Sample(image, conversations, masks, source=f"scannet/{scene.name}/{stem}",
+                      meta={"classes": [n for n, _ in targets]})
+
+    def _class_masks(self, labels: np.ndarray) -> dict[str, np.ndarray]:
+        masks: dict[str, np.ndarray] = {}
+        for label_id in np.unique(labels):
+            name = self.names.get(int(label_id))
+            if name and name not in self.ignore_classes:
+                masks[name] = masks.get(name, np.zeros(labels.shape, bool)) | (labels == label_id)
+        return {n: m for n, m in masks.items() if m.sum() >= self.min_pixels}
+
+    def _semantic_targets(self, labels, rng):
+        masks = self._class_masks(labels)
+        names = rng.sample(sorted(masks), min(self.classes_per_sample, len(masks)))
+        return [(name, masks[name]) for name in names]
+
+    def _instance_targets(self, path: Path, labels, rng):
+        instances = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if instances is None or instances.shape != labels.shape:
+            self.skipped["missing or mismatched instance image"] += 1
+            return []
+        candidates = []
+        for instance_id in np.unique(instances):
+            if instance_id == 0:
+                continue
+            mask = instances == instance_id
+            values, counts = np.unique(labels[mask], return_counts=True)
+            name = self.names.get(int(values[counts.argmax()]))
+            if name and name not in self.ignore_classes and mask.sum() >= self.min_pixels:
+                candidates.append((name, mask))
+        return [rng.choice(candidates)] if candidates else []
