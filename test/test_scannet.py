@@ -66,3 +66,18 @@ def test_broken_files_are_skipped_and_counted(tmp_path):
     assert frames.skipped["unreadable image or label"] == 1 and "unreadable" in frames.summary()
     with pytest.raises(FileNotFoundError, match="scannetv2-labels"):
         ScanNetFrames(tmp_path / "nowhere")
+
+
+def test_reasoning_annotation_beside_a_frame(tmp_path):
+    import json
+
+    root = make_scene(tmp_path)
+    (root / "scene0000_00" / "reason").mkdir()
+    (root / "scene0000_00" / "reason" / "0.json").write_text(json.dumps({
+        "text": ["where can I wash my hands?"], "is_sentence": True,
+        "shapes": [{"label": "target", "points": [[80, 10], [120, 10], [120, 40], [80, 40]]}]}))
+    frames = ScanNetFrames(root, frame_step=1, min_pixels=50, reason_rate=1.0)
+    sample = frames[0]
+    assert "wash my hands" in sample.conversations[0][0][0]
+    assert sample.image.shape == (96, 128, 3) and sample.masks.shape == (1, 96, 128)  # colour-frame coordinates
+    assert frames[1].meta["classes"]  # frames without a reason json stay semantic

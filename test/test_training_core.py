@@ -103,3 +103,15 @@ def test_a_few_steps_learn(tiny_ckpt):
         history.append({k: float(v) for k, v in out.items()})
     first, last = history[0], history[-1]
     assert last["loss"] < 0.8 * first["loss"] and last["dice"] < first["dice"] and last["ce"] < first["ce"]
+
+
+def test_batch_with_an_answer_without_masks(tiny_lisa):
+    image = np.full((32, 40, 3), 60, np.uint8)
+    with_mask = Sample(image, [[("Where is the sink?", "Sure, it is [SEG].")]], np.ones((1, 32, 40), np.float32))
+    text_only = Sample(image, [[("Why is it a kitchen?", "Because there is a sink.")]], np.zeros((0, 32, 40),
+                                                                                              np.float32))
+    with torch.no_grad():
+        out = batch_loss(tiny_lisa.model, tiny_lisa.clip_processor, collate([with_mask, text_only],
+                                                                            tiny_lisa.tokenizer),
+                         tiny_lisa.tokenizer.seg_token_id)
+    assert all(torch.isfinite(v) for v in out.values()) and out["bce"] > 0

@@ -42,9 +42,13 @@ def forward_batch(model: LisaForCausalLM, clip_processor, batch: dict, seg_token
         seg_states[image_index].append(hidden[row, positions])
     pred_masks = []
     for image, states in zip(batch["images"], seg_states):
+        states = torch.cat(states)
+        if states.shape[0] == 0:  # e.g. an explanation-only answer: nothing to decode
+            pred_masks.append(hidden.new_zeros((0, *image.shape[:2]), dtype=torch.float32))
+            continue
         pixels, input_size = sam_pixels(image, model.sam.image_encoder.img_size)
         embedding = model.encode_sam(pixels.to(device))
-        logits, _ = model.decode_masks(embedding, model.seg_prompts(torch.cat(states)), input_size, image.shape[:2])
+        logits, _ = model.decode_masks(embedding, model.seg_prompts(states), input_size, image.shape[:2])
         pred_masks.append(logits)
     return {"ce": ce, "pred_masks": pred_masks}
 

@@ -96,7 +96,11 @@ def build_dataset(name: str, options: dict):
         from .data.scannet import ScanNetFrames
 
         return ScanNetFrames(**options)
-    raise ValueError(f"unknown dataset '{name}' (available: synthetic, scannet)")
+    if name == "reason_seg":
+        from .data.reasonseg import ReasonSeg
+
+        return ReasonSeg(**options)
+    raise ValueError(f"unknown dataset '{name}' (available: synthetic, scannet, reason_seg)")
 
 
 class Mixture:

@@ -4,11 +4,12 @@
     ROOT/scene0000_00/color/0.jpg          RGB frame
     ROOT/scene0000_00/label-filt/0.png     16-bit ScanNet label ids (the tsv's ``id`` column)
     ROOT/scene0000_00/instance-filt/0.png  8/16-bit instance ids (0: none)
-    ROOT/scene0000_00/reason/0.json        optional ReasonSeg-style question about that frame
+    ROOT/scene0000_00/reason/0.json        optional: a ReasonSeg-format annotation of that colour frame
 
 ``mode="semantic"``: up to ``classes_per_sample`` classes of the frame, "Can you segment the {class}?" each;
 ``mode="instance"``: one object instance. Classes are named by ``label_set``: ``nyu40`` (nyu40class), ``scannet20``
-(the 20 benchmark classes, others dropped) or ``scannet200`` (the tsv's ``category``). Masks smaller than
+(the 20 benchmark classes, others dropped) or ``scannet200`` (the tsv's ``category``). A frame with a ``reason``
+json gives a reasoning sample (ReasonSeg rules) with probability ``reason_rate``. Masks smaller than
 ``min_pixels`` are not asked about; frames are taken every ``frame_step``. Unreadable or inconsistent files are
 skipped and counted (``skipped``), never fatal.
 """
@@ -25,6 +26,7 @@ import numpy as np
 
 from ..collate import Sample
 from ..templates import ANSWERS, SHORT_QUESTIONS
+from .reasonseg import ReasonSeg
 
 log = logging.getLogger(__name__)
 SCANNET20_NYU40 = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 24, 28, 33, 34, 36, 39}
@@ -52,7 +54,7 @@ def read_label_map(tsv: Path, label_set: str) -> dict[int, str]:
 class ScanNetFrames:
     def __init__(self, root: str | Path, mode: str = "semantic", label_set: str = "scannet20", frame_step: int = 20,
                  min_pixels: int = 400, classes_per_sample: int = 3, seed: int = 0,
-                 ignore_classes: tuple[str, ...] = ("wall", "floor", "ceiling")):
+                 ignore_classes: tuple[str, ...] = ("wall", "floor", "ceiling"), reason_rate: float = 0.5):
         self.root = Path(root)
         tsv = self.root / "scannetv2-labels.combined.tsv"
         if not tsv.is_file():
@@ -62,6 +64,8 @@ class ScanNetFrames:
         self.names = read_label_map(tsv, label_set)
         self.mode, self.min_pixels, self.classes_per_sample, self.seed = mode, min_pixels, classes_per_sample, seed
         self.ignore_classes = set(ignore_classes)
+        self.reason_rate = reason_rate
+        self.reasoning = ReasonSeg(self.root, seed=seed, require_items=False)
         self.skipped: Counter = Counter()
         self.frames = []
         for scene in sorted(p for p in self.root.glob("scene*") if p.is_dir()):
@@ -90,6 +94,14 @@ class ScanNetFrames:
 
     def _load(self, frame, index: int) -> Sample | None:
         scene, stem = frame
+        rng = random.Random(self.seed * 1_000_003 + index)
+        reason = scene / "reason" / f"{stem}.json"
+        if reason.is_file() and rng.random() < self.reason_rate:
+            sample = self.reasoning.load(scene / "color" / f"{stem}.jpg", index, reason)
+            self.skipped.update(self.reasoning.skipped)
+            self.reasoning.skipped.clear()
+            if sample is not None:
+                return sample
         image = cv2.imread(str(scene / "color" / f"{stem}.jpg"), cv2.IMREAD_COLOR)
         labels = cv2.imread(str(scene / "label-filt" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
         if image is None or labels is None or labels.ndim != 2:
@@ -97,7 +109,6 @@ class ScanNetFrames:
             return None
         h, w = labels.shape
         image = cv2.cvtColor(cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
-        rng = random.Random(self.seed * 1_000_003 + index)
         if self.mode == "instance":
             targets = self._instance_targets(scene / "instance-filt" / f"{stem}.png", labels, rng)
         else:

@@ -1,0 +1,116 @@
+"""ReasonSeg as published: ``*.jpg`` + LabelMe-style ``*.json`` (``text``: queries, ``is_sentence``, ``shapes`` with
+"target" / "ignore" polygons), and optionally the explanatory json (``image``, ``query``, ``outputs``).
+
+Masks are drawn like the reference: polygons largest first, outline and fill, target = 1, "ignore" = 255 (left out
+of evaluation), "flag" shapes skipped. A missing or unreadable file, or a polygon outside the image, is skipped and
+counted, never fatal."""
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..collate import Sample
+from ..templates import ANSWERS, EXPLANATORY_QUESTIONS, LONG_QUESTIONS, SHORT_QUESTIONS
+
+IGNORE = 255
+
+
+def read_annotation(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except UnicodeDecodeError:  # some published files are cp1252
+        return json.loads(path.read_text(encoding="cp1252"))
+
+
+def mask_from_shapes(shapes: list[dict], height: int, width: int) -> np.ndarray:
+    """H×W uint8: 1 target, 255 ignore, 0 background; larger polygons first so smaller ones stay on top."""
+    polygons = []
+    for shape in shapes:
+        if shape["label"].lower() == "flag":
+            continue
+        points = np.array([shape["points"]], dtype=np.int32)
+        area = np.zeros((height, width), np.uint8)
+        cv2.polylines(area, points, True, 1, 1)
+        cv2.fillPoly(area, points, 1)
+        if not area.any():
+            raise ValueError("polygon lies outside the image")
+        polygons.append((int(area.sum()), points, IGNORE if "ignore" in shape["label"].lower() else 1))
+    mask = np.zeros((height, width), np.uint8)
+    for _, points, value in sorted(polygons, key=lambda p: -p[0]):
+        cv2.polylines(mask, points, True, value, 1)
+        cv2.fillPoly(mask, points, value)
+    return mask
+
+
+class ReasonSeg:
+    """Samples from a ReasonSeg folder (``train``/``val``/``test``): up to ``queries_per_sample`` of an image's
+    queries, long-question templates for sentences, short ones for phrases."""
+
+    def __init__(self, root: str | Path, queries_per_sample: int = 3, explanatory_json: str | Path | None = None,
+                 explanatory: float = 0.1, seed: int = 0, require_items: bool = True):
+        self.root = Path(root)
+        self.items = sorted(p for p in self.root.glob("*.jpg") if p.with_suffix(".json").is_file())
+        if require_items and not self.items:
+            raise FileNotFoundError(f"no *.jpg with a matching *.json in {self.root}")
+        self.queries_per_sample, self.explanatory, self.seed = queries_per_sample, explanatory, seed
+        self.explanations = {}
+        if explanatory_json:
+            self.explanations = {e["image"]: e for e in json.loads(Path(explanatory_json).read_text())}
+        self.skipped: Counter = Counter()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def summary(self) -> str:
+        return ", ".join(f"{n} × {why}" for why, n in self.skipped.items()) or "none"
+
+    def __getitem__(self, index: int) -> Sample:
+        for attempt in range(len(self.items)):
+            sample = self.load(self.items[(index + attempt) % len(self.items)], index)
+            if sample is not None:
+                return sample
+        raise RuntimeError(f"no usable ReasonSeg sample in {self.root} (skipped: {self.summary()})")
+
+    def load(self, image_path: Path, index: int = 0, annotation_path: Path | None = None) -> Sample | None:
+        """The sample of one image (its annotation beside it, or at ``annotation_path``); None if unusable."""
+        bgr = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            self.skipped["unreadable image"] += 1
+            return None
+        try:
+            annotation = read_annotation(annotation_path or image_path.with_suffix(".json"))
+            mask = mask_from_shapes(annotation["shapes"], *bgr.shape[:2])
+            queries, is_sentence = list(annotation["text"]), bool(annotation["is_sentence"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            self.skipped[f"bad annotation ({type(err).__name__})"] += 1
+            return None
+        if not queries or not (mask == 1).any():
+            self.skipped["empty annotation"] += 1
+            return None
+        rng = random.Random(self.seed * 1_000_003 + index)
+        queries = rng.sample(queries, min(self.queries_per_sample, len(queries)))
+        explanation = self.explanations.get(image_path.name)
+        choice = 0 if explanation is None else (2 if rng.random() < self.explanatory else rng.randint(0, 1))
+        conversations, n_masks = [], 0
+        for query in queries:
+            if choice == 0:
+                template = rng.choice(LONG_QUESTIONS if is_sentence else SHORT_QUESTIONS)
+                question = template.format(sent=query) if is_sentence else template.format(class_name=query.lower())
+                answer = rng.choice(ANSWERS)
+            elif choice == 1:  # [SEG] and the explanation
+                question = f"{query} {rng.choice(EXPLANATORY_QUESTIONS)}"
+                answer = f"{rng.choice(ANSWERS)} {explanation['outputs']}"
+            else:  # the explanation alone, no mask
+                question, answer = query, explanation["outputs"]
+            n_masks += "[SEG]" in answer
+            conversations.append([(question, answer)])
+        image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        masks = np.stack([(mask == 1).astype(np.float32)] * n_masks) if n_masks else np.zeros((0, *mask.shape),
+                                                                                               np.float32)
+        return Sample(image, conversations, masks, ignore=mask == IGNORE, source=f"reasonseg/{image_path.name}",
+                      meta={"queries": queries, "is_sentence": is_sentence})
