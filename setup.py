@@ -30,6 +30,7 @@ setup(
             "lisa-demo = lisa_ros.demo:main",
             "lisa-train = training.train:main",
             "lisa-export = training.export:main",
+            "lisa-eval = training.evaluate:main",
         ],
     },
 )

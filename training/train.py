@@ -24,9 +24,9 @@ import yaml
 from tqdm.auto import tqdm
 
 from lisa_core import Lisa
-from lisa_core.metrics import SegmentationMeter
 
 from .collate import collate
+from .evaluate import evaluate_items, sample_items
 from .forward import batch_loss
 from .losses import LossWeights
 
@@ -186,17 +186,7 @@ def init_distributed(on_gpu: bool) -> None:
 @torch.no_grad()
 def evaluate(lisa: Lisa, samples) -> dict:
     """gIoU / cIoU as the reference's validation: teacher-forced ``"[SEG]."`` per question."""
-    meter = SegmentationMeter()
-    for index, sample in enumerate(samples):
-        preds = []
-        for turns in sample.conversations:
-            preds += lisa.segment(sample.image, turns[0][0], "[SEG].").masks
-        targets = [m.astype("uint8") for m in sample.masks]
-        if sample.ignore is not None:
-            for t in targets:
-                t[sample.ignore] = 255
-        meter.update(preds, targets, name=str(index))
-    return meter.summary()
+    return evaluate_items(lisa, sample_items(samples))[0]
 
 
 def plot_curves(rows: list[dict], out: Path) -> None:
