@@ -224,8 +224,11 @@ def train(config: TrainConfig, max_steps: int | None = None, deadline: float | N
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-    lisa = Lisa.from_pretrained(config.model, vision_tower=config.vision_tower,
-                                device="cuda" if on_gpu else "cpu", dtype="float32")
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if on_gpu else "cpu"
+    if on_gpu:
+        torch.cuda.set_device(device)
+    lisa = Lisa.from_pretrained(config.model, vision_tower=config.vision_tower, device=device, dtype="float32")
     peft_model = add_lora(lisa.model, config)
     module = TrainModule(peft_model, lisa.clip_processor, lisa.tokenizer.seg_token_id,
                          LossWeights(config.ce_weight, config.bce_weight, config.dice_weight))
@@ -250,7 +253,8 @@ def train(config: TrainConfig, max_steps: int | None = None, deadline: float | N
     bar = tqdm(total=last_steps, initial=engine.global_steps, desc="training", unit="step", disable=None)
     start, running = time.time(), []
     while engine.global_steps < last_steps:
-        batch = collate([data[samples_seen + i] for i in range(config.micro_batch)], lisa.tokenizer,
+        # rank r of w takes stream samples r, r + w, r + 2w, …: no two ranks train on the same sample
+        batch = collate([data[(samples_seen + i) * world + rank] for i in range(config.micro_batch)], lisa.tokenizer,
                         config.max_length)
         samples_seen += config.micro_batch
         engine.train()
@@ -282,18 +286,20 @@ def train(config: TrainConfig, max_steps: int | None = None, deadline: float | N
         if step % config.checkpoint_every == 0 or step == last_steps:
             engine.save_checkpoint(str(checkpoints), tag=f"step_{step}",
                                    client_state={"samples_seen": samples_seen, "best": best})
-            with metrics_file.open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=fields)
-                writer.writeheader()
-                writer.writerows({k: r.get(k, "") for k in fields} for r in rows)
-            plot_curves(rows, out / "curves.png")
+            if rank == 0:  # (checkpoints are written by every rank: DeepSpeed saves its shards collectively)
+                with metrics_file.open("w", newline="") as handle:
+                    writer = csv.DictWriter(handle, fieldnames=fields)
+                    writer.writeheader()
+                    writer.writerows({k: r.get(k, "") for k in fields} for r in rows)
+                plot_curves(rows, out / "curves.png")
     bar.close()
     for name, source in data.sources.items():
         if hasattr(source, "summary"):
             log.info("%s: skipped samples: %s", name, source.summary())
     final = {"step": engine.global_steps, "samples_seen": samples_seen, "best": best,
              "last": rows[-1] if rows else {}}
-    (out / "summary.json").write_text(json.dumps(final, indent=2, default=float) + "\n")
+    if rank == 0:
+        (out / "summary.json").write_text(json.dumps(final, indent=2, default=float) + "\n")
     return final
 
 
