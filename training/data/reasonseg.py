@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -16,6 +15,7 @@ import numpy as np
 
 from ..collate import Sample
 from ..templates import ANSWERS, EXPLANATORY_QUESTIONS, LONG_QUESTIONS, SHORT_QUESTIONS
+from . import SkippingDataset
 
 IGNORE = 255
 
@@ -47,12 +47,13 @@ def mask_from_shapes(shapes: list[dict], height: int, width: int) -> np.ndarray:
     return mask
 
 
-class ReasonSeg:
+class ReasonSeg(SkippingDataset):
     """Samples from a ReasonSeg folder (``train``/``val``/``test``): up to ``queries_per_sample`` of an image's
     queries, long-question templates for sentences, short ones for phrases."""
 
     def __init__(self, root: str | Path, queries_per_sample: int = 3, explanatory_json: str | Path | None = None,
                  explanatory: float = 0.1, seed: int = 0, require_items: bool = True):
+        super().__init__()
         self.root = Path(root)
         self.items = sorted(p for p in self.root.glob("*.jpg") if p.with_suffix(".json").is_file())
         if require_items and not self.items:
@@ -61,20 +62,9 @@ class ReasonSeg:
         self.explanations = {}
         if explanatory_json:
             self.explanations = {e["image"]: e for e in json.loads(Path(explanatory_json).read_text())}
-        self.skipped: Counter = Counter()
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def summary(self) -> str:
-        return ", ".join(f"{n} × {why}" for why, n in self.skipped.items()) or "none"
-
-    def __getitem__(self, index: int) -> Sample:
-        for attempt in range(len(self.items)):
-            sample = self.load(self.items[(index + attempt) % len(self.items)], index)
-            if sample is not None:
-                return sample
-        raise RuntimeError(f"no usable ReasonSeg sample in {self.root} (skipped: {self.summary()})")
+    def load_item(self, image_path: Path, index: int) -> Sample | None:
+        return self.load(image_path, index)
 
     def load(self, image_path: Path, index: int = 0, annotation_path: Path | None = None) -> Sample | None:
         """The sample of one image (its annotation beside it, or at ``annotation_path``); None if unusable."""

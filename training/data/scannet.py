@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import logging
 import random
-from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -26,6 +25,7 @@ import numpy as np
 
 from ..collate import Sample
 from ..templates import ANSWERS, SHORT_QUESTIONS
+from . import SkippingDataset
 from .reasonseg import ReasonSeg
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,11 @@ def read_label_map(tsv: Path, label_set: str) -> dict[int, str]:
     return names
 
 
-class ScanNetFrames:
+class ScanNetFrames(SkippingDataset):
     def __init__(self, root: str | Path, mode: str = "semantic", label_set: str = "scannet20", frame_step: int = 20,
                  min_pixels: int = 400, classes_per_sample: int = 3, seed: int = 0,
                  ignore_classes: tuple[str, ...] = ("wall", "floor", "ceiling"), reason_rate: float = 0.5):
+        super().__init__()
         self.root = Path(root)
         tsv = self.root / "scannetv2-labels.combined.tsv"
         if not tsv.is_file():
@@ -66,33 +67,17 @@ class ScanNetFrames:
         self.ignore_classes = set(ignore_classes)
         self.reason_rate = reason_rate
         self.reasoning = ReasonSeg(self.root, seed=seed, require_items=False)
-        self.skipped: Counter = Counter()
-        self.frames = []
         for scene in sorted(p for p in self.root.glob("scene*") if p.is_dir()):
             colors = sorted((scene / "color").glob("*.jpg"), key=lambda p: int(p.stem) if p.stem.isdigit() else 0)
             for color in colors[::frame_step]:
                 if (scene / "label-filt" / f"{color.stem}.png").is_file():
-                    self.frames.append((scene, color.stem))
+                    self.items.append((scene, color.stem))
                 else:
                     self.skipped["no label image"] += 1
-        if not self.frames:
+        if not self.items:
             raise FileNotFoundError(f"no frames with color/*.jpg and label-filt/*.png under {self.root}")
 
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def summary(self) -> str:
-        return ", ".join(f"{n} × {why}" for why, n in self.skipped.items()) or "none"
-
-    def __getitem__(self, index: int) -> Sample:
-        """The sample of frame ``index``; a frame that cannot be used is skipped for the next one (counted)."""
-        for attempt in range(len(self.frames)):
-            sample = self._load(self.frames[(index + attempt) % len(self.frames)], index)
-            if sample is not None:
-                return sample
-        raise RuntimeError(f"no usable frame in {self.root} (skipped: {self.summary()})")
-
-    def _load(self, frame, index: int) -> Sample | None:
+    def load_item(self, frame, index: int) -> Sample | None:
         scene, stem = frame
         rng = random.Random(self.seed * 1_000_003 + index)
         reason = scene / "reason" / f"{stem}.json"
