@@ -116,6 +116,11 @@ def build_sam(spec: SamSpec) -> Sam:
     return Sam(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder)
 
 
+def input_dtype(linear: nn.Module, fallback: torch.dtype) -> torch.dtype:
+    """The dtype to feed ``linear``: its weights' dtype, or ``fallback`` when they are quantised integers."""
+    return linear.weight.dtype if linear.weight.is_floating_point() else fallback
+
+
 class LisaModel(LlamaModel):
     """``LlamaModel`` with LISA's extra modules under the same ``model.`` prefix."""
 
@@ -176,7 +181,7 @@ class LisaForCausalLM(LlamaForCausalLM):
         if getattr(self.config, "mm_vision_select_feature", "patch") == "patch":
             features = features[:, 1:]
         projector = self.model.mm_projector
-        return projector(features.to(projector.weight.dtype if projector.weight.is_floating_point() else tower.dtype))
+        return projector(features.to(input_dtype(projector, tower.dtype)))
 
     def embed_ids(self, ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:
         """``[L]`` ids (at most one ``-200``) + ``[P, H]`` → ``[1, L', H]`` with the features spliced in."""
@@ -199,7 +204,7 @@ class LisaForCausalLM(LlamaForCausalLM):
     def seg_prompts(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[n, H]`` final-norm hidden states → ``[n, 256]`` SAM prompt embeddings."""
         fcs = self.model.text_hidden_fcs[0]
-        return fcs(hidden.to(fcs[0].weight.dtype if fcs[0].weight.is_floating_point() else hidden.dtype))
+        return fcs(hidden.to(input_dtype(fcs[0], hidden.dtype)))
 
     def decode_masks(self, image_embedding: torch.Tensor, prompts: torch.Tensor,
                      input_size, original_size) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,15 +40,21 @@ def write_png(path: Path, rgb_or_gray: np.ndarray) -> None:
         raise OSError(f"cannot write {path}")
 
 
+def write_masks(out: Path, masks, scores) -> list[dict]:
+    """Each H×W bool mask as ``mask_<i>.png`` (0/255, lossless); returns their index, score, area and file."""
+    rows = []
+    for i, (mask, score) in enumerate(zip(masks, scores)):
+        name = f"mask_{i}.png"
+        write_png(out / name, mask.astype(np.uint8) * 255)
+        rows.append({"index": i, "score": float(score), "area": int(mask.sum()), "file": name})
+    return rows
+
+
 def save_result(out_dir: str | Path, image: np.ndarray, result: LisaResult, query: str = "") -> dict:
     """Write ``reply.json``, ``mask_<i>.png`` (0/255, lossless) and ``overlay.png``; return the json content."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    masks = []
-    for i, (mask, score) in enumerate(zip(result.masks, result.scores)):
-        name = f"mask_{i}.png"
-        write_png(out / name, mask.astype(np.uint8) * 255)
-        masks.append({"index": i, "score": score, "area": int(mask.sum()), "file": name})
+    masks = write_masks(out, result.masks, result.scores)
     write_png(out / "overlay.png", overlay(image, result.masks))
     reply = {"query": query, "text": result.text, "token_ids": result.token_ids, "turn": result.turn,
              "masks": masks, "overlay": "overlay.png", "image_size": list(image.shape[:2]),

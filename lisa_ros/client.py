@@ -23,7 +23,7 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from lisa_core.output import overlay, read_image, write_png
+from lisa_core.output import overlay, read_image, write_masks, write_png
 
 from .images import numpy_to_image_msg, raw_image_to_rgb
 
@@ -83,14 +83,15 @@ class LisaClient:
         self.node.destroy_node()
 
 
+def mask_arrays(result) -> list[np.ndarray]:
+    """The result's mono8 mask messages as H×W bool arrays."""
+    return [raw_image_to_rgb(msg)[..., 0] > 0 for msg in result.masks]
+
+
 def save_answer(out: Path, result, image: np.ndarray | None) -> dict:
     """Write mask PNGs, ``overlay.png`` (when the image is known) and ``reply.json``; return the json content."""
     out.mkdir(parents=True, exist_ok=True)
-    masks = []
-    for i, (msg, score) in enumerate(zip(result.masks, result.scores)):
-        mask = raw_image_to_rgb(msg)[..., 0]
-        write_png(out / f"mask_{i}.png", mask)
-        masks.append({"index": i, "score": float(score), "area": int((mask > 0).sum()), "file": f"mask_{i}.png"})
+    masks = write_masks(out, mask_arrays(result), result.scores)
     if image is not None:
         write_png(out / "overlay.png", image)
     reply = {"query": result.query, "reply": result.reply, "session_id": result.session_id, "turn": result.turn,
@@ -131,8 +132,7 @@ def main(argv=None) -> int:
                                  on_feedback=lambda f: print(f"\r[{f.stage}] {f.partial_text[-70:]}", end="",
                                                              file=sys.stderr, flush=True))
         print(file=sys.stderr)
-        picture = client.overlay_for(result.header) if image is None else overlay(
-            image, [raw_image_to_rgb(m)[..., 0] > 0 for m in result.masks])
+        picture = client.overlay_for(result.header) if image is None else overlay(image, mask_arrays(result))
         save_answer(Path(args.out), result, picture)
         print_answer(result, Path(args.out))
         return 1 if result.error else 0

@@ -33,7 +33,7 @@ def test_session_limits(tiny_lisa, room_image):
     store = SessionStore(max_sessions=2, idle_timeout_s=10, max_turns=1, clock=clock)
     a = store.open(tiny_lisa, room_image, "meta-a")
     clock.now = 1
-    b = store.open(tiny_lisa, room_image, "meta-b", session_id="b")
+    assert store.open(tiny_lisa, room_image, "meta-b", session_id="b").session_id == "b"
     clock.now = 2
     store.get(a.session_id)  # a is now more recent than b
     c = store.open(tiny_lisa, room_image, "meta-c")

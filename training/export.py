@@ -9,7 +9,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 from lisa_core import Lisa
