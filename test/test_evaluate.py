@@ -4,6 +4,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 
 from training.evaluate import main, reasonseg_val_items
 
@@ -33,3 +34,21 @@ def test_cli_writes_results(tiny_ckpt, tmp_path):
     inter, union = sum(int(r["intersection"]) for r in rows), sum(int(r["union"]) for r in rows)
     assert abs(summary["ciou"] - inter / (union + 1e-10)) < 1e-9
     assert main(["--model", str(tmp_path / "missing"), "--synthetic", "1", "--out", str(tmp_path)]) == 1
+
+
+def test_cli_on_refer_split(tiny_ckpt, tmp_path):
+    from test_refer import write_refer
+
+    write_refer(tmp_path / "data", "refcocog", split_by="umd")
+    out = tmp_path / "out"
+    assert main(["--model", str(tiny_ckpt), "--refer", str(tmp_path / "data"), "--refer-dataset", "refcocog",
+                 "--refer-split", "val", "--device", "cpu", "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "per_sample.csv").open()))
+    assert [r["question"] for r in rows] == [f"What is {s} in this image? Please output segmentation mask."
+                                             for s in ("val square", "a stripe", "the stripe")]
+    assert json.loads((out / "results.json").read_text())["n_masks"] == 3
+    assert [int(r["union"]) >= t for r, t in zip(rows, (400, 240, 240))] == [True] * 3  # the targets were read
+    assert main(["--model", str(tiny_ckpt), "--refer", str(tmp_path / "data"), "--refer-dataset", "refcoco",
+                 "--device", "cpu", "--out", str(out)]) == 1  # no refcoco there
+    with pytest.raises(SystemExit):
+        main(["--model", str(tiny_ckpt), "--refer", str(tmp_path), "--synthetic", "1", "--out", str(out)])

@@ -1,11 +1,14 @@
 """``lisa-eval``: gIoU / cIoU of a checkpoint as the reference's validation computes them — teacher-forced answer
 ``"[SEG]."``, one mask per question, pixels labelled 255 ignored.
 
-    lisa-eval --model M [--vision-tower V] (--reason-seg DIR | --synthetic N) --out DIR [--precision fp32]
+    lisa-eval --model M [--vision-tower V] (--reason-seg DIR | --refer ROOT | --synthetic N) --out DIR
+              [--refer-dataset refcocog] [--refer-split val] [--refer-split-by umd] [--precision fp32]
 
 ReasonSeg ``val``/``test`` folders use the reference's validation prompts: only each image's first query,
 ``" {query} Please output segmentation mask."`` for sentences and ``" What is {query} in this image? Please output
-segmentation mask."`` for phrases. Writes ``results.json`` (summary) and ``per_sample.csv``.
+segmentation mask."`` for phrases. refCOCO/+/g and refCLEF splits (``--refer``: the data root holding
+``refer_seg/``, or that folder) ask the phrase form with every sentence of every ref, lower-cased, as the
+reference's validation does. Writes ``results.json`` (summary) and ``per_sample.csv``.
 """
 from __future__ import annotations
 
@@ -81,7 +84,11 @@ def main(argv=None) -> int:
     parser.add_argument("--vision-tower", help="CLIP vision tower override")
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--reason-seg", help="a ReasonSeg val/test folder (*.jpg + *.json)")
+    data.add_argument("--refer", metavar="ROOT", help="referring data: ROOT/refer_seg/<dataset>/refs(…).p etc.")
     data.add_argument("--synthetic", type=int, help="this many held-out synthetic rooms (seed 12345)")
+    parser.add_argument("--refer-dataset", default="refcocog", choices=["refclef", "refcoco", "refcoco+", "refcocog"])
+    parser.add_argument("--refer-split", default="val", help="val, test, testA, testB, … (default: val)")
+    parser.add_argument("--refer-split-by", help="refs file (default: umd for refcocog, unc otherwise)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--device", help="torch device (default: cuda if available)")
     parser.add_argument("--out", required=True, help="output directory for results.json and per_sample.csv")
@@ -91,6 +98,10 @@ def main(argv=None) -> int:
                                     dtype=args.precision)
         if args.reason_seg:
             items = reasonseg_val_items(args.reason_seg)
+        elif args.refer:
+            from .data.refer import refer_val_items
+
+            items = refer_val_items(args.refer, args.refer_dataset, args.refer_split, args.refer_split_by)
         else:
             from .data.synthetic import SyntheticRooms
 
