@@ -31,6 +31,7 @@ setup(
             "lisa-train = training.train:main",
             "lisa-export = training.export:main",
             "lisa-eval = training.evaluate:main",
+            "lisa-make-rooms = training.data.synthetic:main",
         ],
     },
 )
