@@ -4,6 +4,10 @@ It holds ``config.json``, ``pytorch_model.bin``, a slow LLaMA SentencePiece toke
 corpus, byte fallback, unk/bos/eos = 0/1/2) with ``[SEG]``, ``<im_start>``, ``<im_end>`` added, and a tiny CLIP
 vision tower in ``OUT_DIR/clip_vision`` that ``config.vision_tower`` points to, so ``Lisa.from_pretrained(OUT_DIR)``
 needs nothing else. The weights are random: it is untrained and its answers are noise.
+
+``make_tiny_llava`` and ``make_tiny_sam_pth`` write the two starting points of LISA training from scratch in the
+same tiny sizes: a LLaVA base checkpoint (LLaVA's layout: no ``[SEG]``, SAM or ``text_hidden_fcs``) and a SAM
+``.pth`` in segment-anything's layout (``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``).
 """
 from __future__ import annotations
 
@@ -15,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import save_checkpoint
-from .model import LisaConfig, LisaForCausalLM, SamSpec
+from .checkpoint import OFFICIAL_CONFIG_FIELDS, official_config_dict, save_checkpoint
+from .model import LisaConfig, LisaForCausalLM, SamSpec, build_sam
 from .preprocess import load_clip_processor
 from .prompt import IM_END, IM_START, SEG_TOKEN, SYSTEM_PROMPT
 
@@ -36,8 +40,13 @@ CORPUS = [
 ]
 
 
-def train_tokenizer(out: Path, vocab_size: int = 400) -> None:
-    """Train a LLaMA-style SentencePiece BPE model on ``CORPUS`` and write the slow-tokenizer files."""
+# What a LISA config.json has and a LLaVA base's lacks (the reference sets them when it adds SAM).
+LISA_ONLY_CONFIG_FIELDS = ("out_dim", "train_mask_decoder", "vision_tower", "pretrain_mm_mlp_adapter")
+
+
+def train_tokenizer(out: Path, vocab_size: int = 400, added_tokens=ADDED_TOKENS) -> None:
+    """Train a LLaMA-style SentencePiece BPE model on ``CORPUS`` and write the slow-tokenizer files, with
+    ``added_tokens`` (if any) after the SentencePiece pieces."""
     import sentencepiece as spm
 
     model = io.BytesIO()
@@ -51,7 +60,8 @@ def train_tokenizer(out: Path, vocab_size: int = 400) -> None:
     special = {name: {"content": text, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
                for name, text in (("bos_token", "<s>"), ("eos_token", "</s>"), ("unk_token", "<unk>"))}
     size = spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
-    (out / "added_tokens.json").write_text(json.dumps({t: size + i for i, t in enumerate(ADDED_TOKENS)}, indent=2))
+    if added_tokens:
+        (out / "added_tokens.json").write_text(json.dumps({t: size + i for i, t in enumerate(added_tokens)}, indent=2))
     (out / "special_tokens_map.json").write_text(json.dumps({**special, "pad_token": "<unk>"}, indent=2))
     (out / "tokenizer_config.json").write_text(json.dumps({
         "add_bos_token": True, "add_eos_token": False, "clean_up_tokenization_spaces": False, "legacy": True,
@@ -74,27 +84,71 @@ def tiny_config(vocab_size: int, clip_hidden: int, sam: SamSpec) -> LisaConfig:
     )
 
 
-def make_tiny(out_dir: str | Path, seed: int = 0, sam_img_size: int = 256) -> Path:
-    """Write the tiny checkpoint to ``out_dir`` and return its path."""
-    from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel
+def tiny_sam_spec(img_size: int = 256) -> SamSpec:
+    return SamSpec(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=[1], window_size=8, img_size=img_size)
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    train_tokenizer(out)
-    tokenizer = AutoTokenizer.from_pretrained(str(out))
+
+def save_tiny_clip(out: Path):
+    """A random tiny CLIP vision tower (+ processor config) in ``out/clip_vision``; returns the model."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
     clip = CLIPVisionModel(CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=224,
         patch_size=14, projection_dim=32, hidden_act="quick_gelu",
     ))
     clip.save_pretrained(str(out / CLIP_DIR))
     load_clip_processor(None).save_pretrained(str(out / CLIP_DIR))
-    sam = SamSpec(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=[1], window_size=8,
-                  img_size=sam_img_size)
-    model = LisaForCausalLM(tiny_config(len(tokenizer), clip.config.hidden_size, sam))
+    return clip
+
+
+def make_tiny(out_dir: str | Path, seed: int = 0, sam_img_size: int = 256) -> Path:
+    """Write the tiny checkpoint to ``out_dir`` and return its path."""
+    from transformers import AutoTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    train_tokenizer(out)
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    clip = save_tiny_clip(out)
+    model = LisaForCausalLM(tiny_config(len(tokenizer), clip.config.hidden_size, tiny_sam_spec(sam_img_size)))
     save_checkpoint(model, out, out)
     make_seg_likely(out)
     return out
+
+
+def make_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
+    """A tiny random LLaVA base checkpoint in LLaVA v1's layout (``llava-llama-2-13b-chat-lightning-preview``):
+    ``config.json`` without the LISA fields (``mm_vision_tower`` only, ``mm_use_im_start_end`` false),
+    ``pytorch_model.bin`` with the LLaMA and ``model.mm_projector`` weights only, and the tokenizer without
+    ``[SEG]``/``<im_start>``/``<im_end>`` (vocab = the SentencePiece pieces). The CLIP tower is in ``clip_vision``."""
+    from transformers import AutoTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    train_tokenizer(out, added_tokens=())
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    clip = save_tiny_clip(out)
+    model = LisaForCausalLM(tiny_config(len(tokenizer), clip.config.hidden_size, tiny_sam_spec()))
+    state = {k: v for k, v in model.state_dict().items()
+             if not k.startswith(("model.visual_model.", "model.text_hidden_fcs."))}
+    torch.save(state, out / "pytorch_model.bin")
+    fields = official_config_dict(model.config, torch.float32)
+    fields.update(_name_or_path="llava-tiny-untrained", architectures=["LlavaLlamaForCausalLM"], use_cache=True,
+                  mm_use_im_start_end=False, freeze_mm_mlp_adapter=False)
+    llava = {k: fields[k] for k in OFFICIAL_CONFIG_FIELDS if k not in LISA_ONLY_CONFIG_FIELDS}
+    (out / "config.json").write_text(json.dumps(llava, indent=2) + "\n")
+    return out
+
+
+def make_tiny_sam_pth(path: str | Path, seed: int = 0, img_size: int = 256) -> Path:
+    """A random tiny SAM saved as segment-anything's ``sam_vit_h_4b8939.pth`` is: ``Sam.state_dict()``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    torch.save(build_sam(tiny_sam_spec(img_size)).state_dict(), path)
+    return path
 
 
 @torch.no_grad()
