@@ -75,3 +75,62 @@ def test_export_merged_and_adapter(tiny_ckpt, tmp_path, room_image):
     assert not any("lora" in k or "base_model" in k or "vision_tower" in k for k in keys)
     adapter = export_adapter(run, tmp_path / "adapter")
     assert {"adapter_config.json", "adapter_model.safetensors", ADAPTER_EXTRA} <= {p.name for p in adapter.iterdir()}
+
+
+def test_from_llava_base_with_sam_pth_on_disk_rooms(tmp_path, room_image):
+    """The paper's start (LLaVA base + SAM .pth), the data read from the ScanNet and ReasonSeg layouts under
+    dataset_dir, held-out ReasonSeg val evaluation, then an export that loads as an official LISA checkpoint."""
+    import torch
+
+    from lisa_core import Lisa
+    from lisa_core.tiny import make_tiny_llava, make_tiny_sam_pth
+    from training.data.synthetic import write_reasonseg_split, write_scannet_scenes
+    from training.export import export_merged
+
+    llava, sam = make_tiny_llava(tmp_path / "llava"), make_tiny_sam_pth(tmp_path / "sam.pth")
+    data = tmp_path / "dataset"
+    write_scannet_scenes(data / "scannet", scenes=1, frames=4)
+    write_reasonseg_split(data / "reason_seg" / "ReasonSeg" / "train", 4, seed=1)
+    write_reasonseg_split(data / "reason_seg" / "ReasonSeg" / "val", 2, seed=2)
+    run = tmp_path / "run"
+    summary = train(config(llava, run, sam_checkpoint=str(sam), dataset_dir=str(data), lr=1e-2, warmup_steps=1,
+                           datasets={"scannet": {"weight": 3, "label_set": "nyu40", "frame_step": 1},
+                                     "reason_seg": {"weight": 1}},
+                           eval={"reason_seg": {"split": "val"}}), max_steps=2)
+    assert summary["step"] == 2 and 0.0 <= summary["last"]["giou"] <= 1.0
+    exported = Lisa.from_pretrained(str(export_merged(run, tmp_path / "merged")), device="cpu")
+    assert exported.tokenizer.seg_token_id == 400 and exported.model.config.mm_use_im_start_end
+    result = exported.segment(room_image, "Where can I wash my hands?", "[SEG].")
+    assert result.mask_logits.shape == (1, *room_image.shape[:2])
+    pth = torch.load(sam, weights_only=True)
+    saved = torch.load(tmp_path / "merged" / "pytorch_model.bin", weights_only=True)
+    assert torch.equal(saved["model.visual_model.image_encoder.patch_embed.proj.weight"],
+                       pth["image_encoder.patch_embed.proj.weight"]), "the SAM encoder is frozen: it stays the .pth's"
+
+
+def test_paper_mix_defaults_and_dataset_errors(tmp_path):
+    from training.data.mix import Mixture, build_dataset
+
+    recipe = TrainConfig()
+    assert {name: opts["weight"] for name, opts in recipe.datasets.items()} == {
+        "sem_seg": 9, "refer_seg": 3, "vqa": 3, "reason_seg": 1}
+    assert recipe.eval == {"reason_seg": {"split": "val"}} and recipe.sam_checkpoint is None
+    with pytest.raises(ValueError, match="unknown dataset 'coco'"):
+        build_dataset("coco", {})
+    with pytest.raises(ValueError, match="dataset 'scannet'.*colour"):
+        build_dataset("scannet", {"colour": "red"}, _rooms(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no \\*.jpg"):
+        build_dataset("reason_seg", {}, tmp_path)  # nothing under dataset_dir/reason_seg/ReasonSeg/train
+    mix = Mixture({"synthetic": {"weight": 3, "size": 50}, "scannet": {"weight": 1, "label_set": "nyu40",
+                                                                        "frame_step": 1, "reason_rate": 0.0}},
+                  seed=0, dataset_dir=tmp_path)
+    sources = [mix[k].source.split("/")[0] for k in range(400)]
+    assert 0.68 < sources.count("synthetic") / 400 < 0.82 and set(sources) == {"synthetic", "scannet"}
+    assert [mix[k].source for k in range(20)] == [mix[k].source for k in range(20)]
+
+
+def _rooms(root):
+    from training.data.synthetic import write_scannet_scenes
+
+    write_scannet_scenes(root / "scannet", scenes=1, frames=3)
+    return root

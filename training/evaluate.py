@@ -32,16 +32,18 @@ Item = tuple[str, np.ndarray, str, np.ndarray]  # name, RGB image, question, 0/1
 
 
 def reasonseg_val_items(root: str | Path) -> Iterator[Item]:
+    """The reference's validation items of a ReasonSeg folder: each image's first query; unusable files skipped."""
     for image_path in sorted(Path(root).glob("*.jpg")):
         bgr = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-        annotation_path = image_path.with_suffix(".json")
-        if bgr is None or not annotation_path.is_file():
-            print(f"lisa-eval: skipped {image_path.name} (unreadable image or no json)", file=sys.stderr)
+        try:
+            annotation = read_annotation(image_path.with_suffix(".json"))
+            target = mask_from_shapes(annotation["shapes"], *bgr.shape[:2])
+            query, is_sentence = annotation["text"][0].strip(), annotation["is_sentence"]
+        except (AttributeError, OSError, ValueError, KeyError, IndexError, TypeError) as err:
+            print(f"lisa-eval: skipped {image_path.name} ({'unreadable image' if bgr is None else err})",
+                  file=sys.stderr)
             continue
-        annotation = read_annotation(annotation_path)
-        target = mask_from_shapes(annotation["shapes"], *bgr.shape[:2])
-        query = annotation["text"][0].strip()
-        question = (f" {query} Please output segmentation mask." if annotation["is_sentence"]
+        question = (f" {query} Please output segmentation mask." if is_sentence
                     else f" What is {query} in this image? Please output segmentation mask.")
         yield image_path.name, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), question, target
 
@@ -54,6 +56,25 @@ def sample_items(samples: Iterable) -> Iterator[Item]:
             if sample.ignore is not None:
                 target[sample.ignore] = IGNORE_LABEL
             yield f"{sample.source or index}", sample.image, turns[0][0], target
+
+
+def validation_items(name: str, options: dict, dataset_dir: str | Path = "dataset") -> Iterator[Item]:
+    """Items of one ``eval`` config entry: ``reason_seg`` (``root`` or ``split`` under ``dataset_dir``, default val)
+    and ``refer_seg`` (``root``, ``dataset``, ``split``, ``split_by``) with the reference's validation prompts;
+    any other training dataset name (e.g. ``synthetic``, ``scannet``) with its training questions."""
+    options = dict(options)
+    if name == "reason_seg":
+        split = options.pop("split", "val")
+        yield from reasonseg_val_items(options.pop("root", Path(dataset_dir) / "reason_seg" / "ReasonSeg" / split))
+    elif name == "refer_seg":
+        from .data.refer import refer_val_items
+
+        yield from refer_val_items(options.pop("root", dataset_dir), **options)
+    else:
+        from .data.mix import build_dataset
+
+        dataset = build_dataset(name, options, dataset_dir)
+        yield from sample_items(dataset[i] for i in range(len(dataset)))
 
 
 def evaluate_items(lisa: Lisa, items: Iterable[Item], progress: bool = False) -> tuple[dict, list[dict]]:

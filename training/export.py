@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from lisa_core import Lisa
 from lisa_core.checkpoint import resolve_checkpoint, save_checkpoint
 
-from .train import TRAINABLE, TrainConfig, TrainModule, add_lora
+from .train import TRAINABLE, TrainConfig, TrainModule, add_lora, load_model
 
 ADAPTER_EXTRA = "trained_weights.safetensors"
 
@@ -28,7 +28,7 @@ def load_trained(run_dir: str | Path, tag: str | None = None) -> tuple[Lisa, Tra
     if not config_file.is_file():
         raise FileNotFoundError(f"{run} is not a lisa-train run directory (no train_config.json)")
     config = TrainConfig(**json.loads(config_file.read_text()))
-    lisa = Lisa.from_pretrained(config.model, vision_tower=config.vision_tower, device="cpu", dtype="float32")
+    lisa = load_model(config, "cpu")
     module = TrainModule(add_lora(lisa.model, config), lisa.clip_processor, lisa.tokenizer.seg_token_id, None)
     state = get_fp32_state_dict_from_zero_checkpoint(str(run / "checkpoints"), tag=tag)
     missing, unexpected = module.load_state_dict(state, strict=False)

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,8 @@ from tqdm.auto import tqdm
 from lisa_core import Lisa
 
 from .collate import collate
-from .evaluate import evaluate_items, sample_items
+from .data.mix import Mixture
+from .evaluate import evaluate_items, validation_items
 from .forward import batch_loss
 from .losses import LossWeights
 
@@ -39,8 +39,13 @@ NO_LORA = ("visual_model", "vision_tower", "mm_projector", "text_hidden_fcs")
 class TrainConfig:
     """Defaults: the paper's recipe (reference ``train_ds.py``)."""
 
-    model: str = "xinlai/LISA-7B-v1"  # a LISA checkpoint to fine-tune (dir or hub id)
+    # where training starts: a LLaVA v1 base (the paper) or a LISA checkpoint to fine-tune (dir or hub id)
+    model: str = "liuhaotian/llava-llama-2-13b-chat-lightning-preview"
+    # segment-anything .pth: required with a LLaVA base (the paper: sam_vit_h_4b8939.pth); with a LISA checkpoint
+    # it replaces that checkpoint's SAM, left out it keeps it
+    sam_checkpoint: str | None = None
     vision_tower: str | None = None
+    use_mm_start_end: bool = True  # for a LLaVA base; a LISA checkpoint's config decides
     output_dir: str = "runs/lisa"
     precision: str = "bf16"  # bf16 | fp32 (fp32 is forced without CUDA)
     lr: float = 3e-4
@@ -61,8 +66,14 @@ class TrainConfig:
     bce_weight: float = 2.0
     dice_weight: float = 0.5
     max_length: int = 512
-    datasets: dict = field(default_factory=lambda: {"synthetic": {"weight": 1.0, "size": 100000}})
-    eval: dict = field(default_factory=lambda: {"synthetic": {"size": 50, "seed": 999}})
+    dataset_dir: str = "dataset"  # laid out as the reference's --dataset_dir; see training/data/mix.py
+    # name → keyword arguments and ``weight`` (the reference's sample_rates 9,3,3,1)
+    datasets: dict = field(default_factory=lambda: {
+        "sem_seg": {"weight": 9, "sources": "ade20k||cocostuff||pascal_part||paco_lvis||mapillary"},
+        "refer_seg": {"weight": 3, "datasets": "refclef||refcoco||refcoco+||refcocog"},
+        "vqa": {"weight": 3},
+        "reason_seg": {"weight": 1, "split": "train", "explanatory": 0.1}})
+    eval: dict = field(default_factory=lambda: {"reason_seg": {"split": "val"}})  # see evaluate.validation_items
     eval_every: int = 500  # optimizer steps
     checkpoint_every: int = 500
     seed: int = 0
@@ -84,38 +95,6 @@ class TrainConfig:
     @property
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
-
-
-def build_dataset(name: str, options: dict):
-    options = {k: v for k, v in options.items() if k != "weight"}
-    if name == "synthetic":
-        from .data.synthetic import SyntheticRooms
-
-        return SyntheticRooms(**options)
-    if name == "scannet":
-        from .data.scannet import ScanNetFrames
-
-        return ScanNetFrames(**options)
-    if name == "reason_seg":
-        from .data.reasonseg import ReasonSeg
-
-        return ReasonSeg(**options)
-    raise ValueError(f"unknown dataset '{name}' (available: synthetic, scannet, reason_seg)")
-
-
-class Mixture:
-    """Sample ``k`` of the training stream: a source drawn by weight, then an item, both from ``k`` and the seed —
-    so a resumed run sees exactly the samples it would have seen."""
-
-    def __init__(self, sources: dict, seed: int):
-        self.sources = {name: build_dataset(name, opts) for name, opts in sources.items()}
-        self.weights = [float(opts.get("weight", 1.0)) for opts in sources.values()]
-        self.seed = seed
-
-    def __getitem__(self, k: int):
-        rng = random.Random(self.seed * 7_919 + k)
-        dataset = rng.choices(list(self.sources.values()), self.weights)[0]
-        return dataset[rng.randrange(len(dataset))]
 
 
 class TrainModule(torch.nn.Module):
@@ -184,9 +163,18 @@ def init_distributed(on_gpu: bool) -> None:
 
 
 @torch.no_grad()
-def evaluate(lisa: Lisa, samples) -> dict:
-    """gIoU / cIoU as the reference's validation: teacher-forced ``"[SEG]."`` per question."""
-    return evaluate_items(lisa, sample_items(samples))[0]
+def evaluate(lisa: Lisa, config: TrainConfig) -> dict:
+    """gIoU / cIoU over the ``eval`` entries as the reference's validation: teacher-forced ``"[SEG]."``."""
+    items = (item for name, options in config.eval.items()
+             for item in validation_items(name, options, config.dataset_dir))
+    return evaluate_items(lisa, items)[0]
+
+
+def load_model(config: TrainConfig, device: str) -> Lisa:
+    from .init_model import load_for_training
+
+    return load_for_training(config.model, config.sam_checkpoint, config.vision_tower, device=device,
+                             dtype="float32", use_mm_start_end=config.use_mm_start_end)
 
 
 def plot_curves(rows: list[dict], out: Path) -> None:
@@ -228,7 +216,7 @@ def train(config: TrainConfig, max_steps: int | None = None, deadline: float | N
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if on_gpu else "cpu"
     if on_gpu:
         torch.cuda.set_device(device)
-    lisa = Lisa.from_pretrained(config.model, vision_tower=config.vision_tower, device=device, dtype="float32")
+    lisa = load_model(config, device)
     peft_model = add_lora(lisa.model, config)
     module = TrainModule(peft_model, lisa.clip_processor, lisa.tokenizer.seg_token_id,
                          LossWeights(config.ce_weight, config.bce_weight, config.dice_weight))
@@ -241,9 +229,8 @@ def train(config: TrainConfig, max_steps: int | None = None, deadline: float | N
         _, state = engine.load_checkpoint(str(checkpoints))
         samples_seen, best = state["samples_seen"], state["best"]
         log.info("resumed at step %d (%d samples seen)", engine.global_steps, samples_seen)
-    data = Mixture(config.datasets, config.seed)
-    eval_samples = [build_dataset(name, opts) for name, opts in config.eval.items()]
-    eval_samples = [s[i] for s in eval_samples for i in range(len(s))]
+    data = Mixture(config.datasets, config.seed, config.dataset_dir)
+    use_im_start_end = bool(lisa.model.config.mm_use_im_start_end)
     lisa_view = Lisa(module.lisa_model, lisa.tokenizer, lisa.clip_processor, lisa.device)
     metrics_file = out / "metrics.csv"
     fields = ["step", "samples", "lr", "loss", "ce", "bce", "dice", "giou", "ciou", "seconds"]
@@ -255,7 +242,7 @@ def train(config: TrainConfig, max_steps: int | None = None, deadline: float | N
     while engine.global_steps < last_steps:
         # rank r of w takes stream samples r, r + w, r + 2w, …: no two ranks train on the same sample
         batch = collate([data[(samples_seen + i) * world + rank] for i in range(config.micro_batch)], lisa.tokenizer,
-                        config.max_length)
+                        config.max_length, use_im_start_end)
         samples_seen += config.micro_batch
         engine.train()
         terms = engine(batch)
@@ -274,7 +261,7 @@ def train(config: TrainConfig, max_steps: int | None = None, deadline: float | N
         running = []
         if step % config.eval_every == 0 or step == last_steps:
             engine.eval()
-            summary = evaluate(lisa_view, eval_samples)
+            summary = evaluate(lisa_view, config)
             row.update(giou=summary["giou"], ciou=summary["ciou"])
             if summary["giou"] > best["giou"]:  # keep the best weights as the checkpoint tag "best"
                 best = {"giou": summary["giou"], "ciou": summary["ciou"], "step": step}
@@ -293,9 +280,8 @@ def train(config: TrainConfig, max_steps: int | None = None, deadline: float | N
                     writer.writerows({k: r.get(k, "") for k in fields} for r in rows)
                 plot_curves(rows, out / "curves.png")
     bar.close()
-    for name, source in data.sources.items():
-        if hasattr(source, "summary"):
-            log.info("%s: skipped samples: %s", name, source.summary())
+    for name, skipped in data.summary().items():
+        log.info("%s: skipped samples: %s", name, skipped)
     final = {"step": engine.global_steps, "samples_seen": samples_seen, "best": best,
              "last": rows[-1] if rows else {}}
     if rank == 0:
