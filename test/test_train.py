@@ -1,5 +1,6 @@
 """lisa-train through the real DeepSpeed engine (CPU, fp32, gloo): steps, curves, checkpoints and an exact resume."""
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -134,3 +135,13 @@ def _rooms(root):
 
     write_scannet_scenes(root / "scannet", scenes=1, frames=3)
     return root
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "training" / "configs"
+    paper = TrainConfig.load(str(configs / "paper.yaml"))
+    assert dataclasses.replace(paper, output_dir=TrainConfig().output_dir, sam_checkpoint=None) == TrainConfig()
+    robot = TrainConfig.load(str(configs / "robot_rooms.yaml"))
+    assert robot.model == "xinlai/LISA-7B-v1" and robot.sam_checkpoint is None and "scannet" in robot.datasets

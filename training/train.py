@@ -78,6 +78,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     seed: int = 0
 
+    def __post_init__(self):  # YAML and JSON give lists
+        self.betas, self.lora_targets = tuple(self.betas), tuple(self.lora_targets)
+
     @classmethod
     def load(cls, path: str | None, overrides: list[str] = ()) -> "TrainConfig":
         values = {}
