@@ -120,25 +120,34 @@ def load_vision_tower(name: str, dtype: torch.dtype) -> CLIPVisionModel:
         ) from err
 
 
+def shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def check_shapes(got: dict[str, tuple], expected: dict[str, tuple], what: str) -> None:
+    """Raise ``CheckpointError`` starting with ``what`` and naming the missing, unexpected and mis-shaped keys."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    wrong = sorted(k for k in set(got) & set(expected) if tuple(got[k]) != tuple(expected[k]))
+    problems = [f"{len(keys)} {label} {listing}" for keys, label, listing in (
+        (missing, "missing", missing[:5]), (unexpected, "unexpected", unexpected[:5]),
+        (wrong, "with wrong shapes (got, expected)", [(k, tuple(got[k]), tuple(expected[k])) for k in wrong[:5]]),
+    ) if keys]
+    if problems:
+        raise CheckpointError(f"{what}: {'; '.join(problems)}")
+
+
 def build_model(config: LisaConfig, state: dict[str, torch.Tensor], dtype: torch.dtype) -> LisaForCausalLM:
     """Build the network without allocating, then assign every checkpoint tensor; all keys must match."""
     try:
-        spec = SamSpec.from_state_dict({k: tuple(v.shape) for k, v in state.items()})
+        spec = SamSpec.from_state_dict(shapes(state))
     except ValueError as err:
         raise CheckpointError(f"checkpoint does not match the LISA layout: {err}") from err
     config.sam_image_encoder = asdict(spec)
     with init_empty_weights(include_buffers=False):
         model = LisaForCausalLM(config)
-    expected = {k: v.shape for k, v in model.state_dict().items() if NOT_SAVED not in k}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k]))
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            "checkpoint does not match the LISA layout: "
-            f"{len(missing)} missing {missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}, "
-            f"{len(wrong)} with wrong shapes {[(k, tuple(state[k].shape), tuple(expected[k])) for k in wrong[:5]]}"
-        )
+    expected = {k: v for k, v in shapes(model.state_dict()).items() if NOT_SAVED not in k}
+    check_shapes(shapes(state), expected, "checkpoint does not match the LISA layout")
     tensors = tqdm(state.items(), total=len(state), desc="loading weights", unit="tensor", disable=None)
     model.load_state_dict({k: v.to(dtype) for k, v in tensors}, strict=False, assign=True)
     model.to(dtype)

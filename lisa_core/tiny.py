@@ -70,10 +70,12 @@ def train_tokenizer(out: Path, vocab_size: int = 400, added_tokens=ADDED_TOKENS)
     }, indent=2))
 
 
-def tiny_config(vocab_size: int, clip_hidden: int, sam: SamSpec) -> LisaConfig:
+def tiny_config(vocab_size: int, clip_hidden: int, sam: SamSpec, hidden_size: int = 64, intermediate_size: int = 128,
+                num_hidden_layers: int = 2, num_attention_heads: int = 4) -> LisaConfig:
     return LisaConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2,
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_attention_heads, max_position_embeddings=2048, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2,
         pad_token_id=0, tie_word_embeddings=False, mm_hidden_size=clip_hidden, vision_tower=CLIP_DIR,
         mm_vision_tower=CLIP_DIR, mm_vision_select_layer=-2, mm_vision_select_feature="patch",
         mm_use_im_start_end=True, mm_use_im_patch_token=False, use_mm_proj=True, out_dim=256,
@@ -88,21 +90,26 @@ def tiny_sam_spec(img_size: int = 256) -> SamSpec:
     return SamSpec(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=[1], window_size=8, img_size=img_size)
 
 
-def save_tiny_clip(out: Path):
-    """A random tiny CLIP vision tower (+ processor config) in ``out/clip_vision``; returns the model."""
+def save_tiny_clip(out: Path, patch_size: int = 14):
+    """A random tiny CLIP vision tower (+ processor config) in ``out/clip_vision``; returns the model.
+    ``patch_size`` 14 gives CLIP-L/14's 16×16 = 256 image tokens; a larger patch gives fewer (e.g. 56: 4×4)."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     clip = CLIPVisionModel(CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=224,
-        patch_size=14, projection_dim=32, hidden_act="quick_gelu",
+        patch_size=patch_size, projection_dim=32, hidden_act="quick_gelu",
     ))
     clip.save_pretrained(str(out / CLIP_DIR))
     load_clip_processor(None).save_pretrained(str(out / CLIP_DIR))
     return clip
 
 
-def make_tiny(out_dir: str | Path, seed: int = 0, sam_img_size: int = 256) -> Path:
-    """Write the tiny checkpoint to ``out_dir`` and return its path."""
+def make_tiny(out_dir: str | Path, seed: int = 0, sam_img_size: int = 256, clip_patch_size: int = 14,
+              llm: dict | None = None) -> Path:
+    """Write the tiny checkpoint to ``out_dir`` and return its path. The defaults give the same files every time
+    (tests rely on it); ``clip_patch_size`` (image tokens = (224 / patch)²) and ``llm`` (``tiny_config`` keywords:
+    ``hidden_size``, ``intermediate_size``, ``num_hidden_layers``, ``num_attention_heads``) make other tiny shapes
+    in the same layout (the training benchmark uses them)."""
     from transformers import AutoTokenizer
 
     out = Path(out_dir)
@@ -110,8 +117,9 @@ def make_tiny(out_dir: str | Path, seed: int = 0, sam_img_size: int = 256) -> Pa
     torch.manual_seed(seed)
     train_tokenizer(out)
     tokenizer = AutoTokenizer.from_pretrained(str(out))
-    clip = save_tiny_clip(out)
-    model = LisaForCausalLM(tiny_config(len(tokenizer), clip.config.hidden_size, tiny_sam_spec(sam_img_size)))
+    clip = save_tiny_clip(out, clip_patch_size)
+    model = LisaForCausalLM(tiny_config(len(tokenizer), clip.config.hidden_size, tiny_sam_spec(sam_img_size),
+                                        **(llm or {})))
     save_checkpoint(model, out, out)
     make_seg_likely(out)
     return out

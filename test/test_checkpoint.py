@@ -256,7 +256,7 @@ def test_unexpected_key(tiny_ckpt, tiny_state, tmp_path):
     with pytest.raises(CheckpointError, match="unexpected") as err:
         Lisa.from_pretrained(str(ckpt), device="cpu")
     assert extra in str(err.value)
-    assert "0 missing" in str(err.value)
+    assert "missing" not in str(err.value)  # only the problems there are
 
 
 def test_wrong_shape(tiny_ckpt, tiny_state, tmp_path):

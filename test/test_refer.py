@@ -11,8 +11,8 @@ from transformers import AutoTokenizer
 from conftest import REFERENCE
 from lisa_core.prompt import PromptTokenizer
 from training.collate import collate
-from training.data.refer import Interleaved, ReferSeg, annotation_mask, in_split, polygon_counts, read_refer
-from training.data.refer import refer_val_items, rle_counts_from_string, rle_decode
+from training.data.coco import Interleaved, annotation_mask, polygon_counts, rle_counts_from_string, rle_decode
+from training.data.refer import ReferSeg, in_split, read_refer, refer_val_items
 from training.templates import ANSWERS
 
 H, W = 48, 64

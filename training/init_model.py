@@ -26,7 +26,7 @@ from safetensors import safe_open
 from torch import nn
 
 from lisa_core import checkpoint as ckpt_io
-from lisa_core.checkpoint import CheckpointError
+from lisa_core.checkpoint import CheckpointError, check_shapes, shapes
 from lisa_core.engine import Lisa, parse_dtype
 from lisa_core.model import SAM_PROMPT_DIM, LisaConfig, LisaForCausalLM, SamSpec, build_sam
 from lisa_core.preprocess import load_clip_processor
@@ -112,23 +112,6 @@ def checkpoint_kind(ckpt: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- SAM
-def shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in state.items()}
-
-
-def check_shapes(got: dict[str, tuple], expected: dict[str, tuple], what: str) -> None:
-    """Raise ``CheckpointError`` starting with ``what`` and naming the missing, unexpected and mis-shaped keys."""
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    wrong = sorted(k for k in set(got) & set(expected) if tuple(got[k]) != tuple(expected[k]))
-    problems = [f"{len(keys)} {label} {listing}" for keys, label, listing in (
-        (missing, "missing", missing[:5]), (unexpected, "unexpected", unexpected[:5]),
-        (wrong, "with other shapes (got, expected)", [(k, tuple(got[k]), tuple(expected[k])) for k in wrong[:5]]),
-    ) if keys]
-    if problems:
-        raise CheckpointError(f"{what}: {'; '.join(problems)}")
-
-
 def read_sam_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """A segment-anything checkpoint (``Sam.state_dict()``: ``image_encoder.*``, ``prompt_encoder.*``,
     ``mask_decoder.*``), checked complete against a SAM built with the image-encoder sizes its shapes imply."""

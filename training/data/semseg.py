@@ -32,7 +32,7 @@ from PIL import Image
 from ..collate import Sample
 from ..templates import ANSWERS, SHORT_QUESTIONS
 from . import SkippingDataset
-from .refer import Interleaved, annotation_mask
+from .coco import Interleaved, counted_mask
 
 IGNORE = 255
 SOURCES = ("ade20k", "cocostuff", "pascal_part", "paco_lvis", "mapillary")  # the reference's default mix
@@ -230,7 +230,7 @@ class SemSeg(SkippingDataset):
         targets = []
         for ann in rng.sample(annotations, len(annotations)):
             text = self._part_name(source.names.get(ann.get("category_id")), rng)
-            mask = self._mask(ann, info) if text else None
+            mask = counted_mask(ann, info, self.skipped) if text else None
             if mask is not None:
                 targets.append((text, mask))
             if len(targets) == self.num_classes_per_sample:
@@ -249,13 +249,3 @@ class SemSeg(SkippingDataset):
             return f"{obj} {part}" if rng.random() < 0.5 else f"the {part} of the {obj}"
         return name
 
-    def _mask(self, ann: dict, info: dict) -> np.ndarray | None:
-        try:
-            mask = annotation_mask(ann["segmentation"], info["height"], info["width"])
-        except (ValueError, KeyError, TypeError) as err:
-            self.skipped[f"bad segmentation ({type(err).__name__})"] += 1
-            return None
-        if not mask.any():
-            self.skipped["empty mask"] += 1
-            return None
-        return mask
