@@ -145,3 +145,29 @@ def test_shipped_configs_load():
     assert dataclasses.replace(paper, output_dir=TrainConfig().output_dir, sam_checkpoint=None) == TrainConfig()
     robot = TrainConfig.load(str(configs / "robot_rooms.yaml"))
     assert robot.model == "xinlai/LISA-7B-v1" and robot.sam_checkpoint is None and "scannet" in robot.datasets
+
+
+def test_sigterm_stops_after_a_checkpoint_and_resumes(tiny_ckpt, tmp_path, monkeypatch):
+    import signal
+
+    import training.train as train_module
+
+    batches = []
+
+    def collate_then_signal(*args, **kwargs):
+        batches.append(1)
+        if len(batches) == 5:  # the first micro-batch of step 3 (2 per step): a scheduler pre-empts the job
+            signal.raise_signal(signal.SIGTERM)
+        return train_module.collate.__wrapped__(*args, **kwargs)
+
+    collate_then_signal.__wrapped__ = train_module.collate
+    monkeypatch.setattr(train_module, "collate", collate_then_signal)
+    original = signal.getsignal(signal.SIGTERM)
+    run = tmp_path / "run"
+    stopped = train(config(tiny_ckpt, run, eval_every=5), max_steps=6)
+    assert stopped["step"] == 3 and (run / "checkpoints" / "latest").read_text().strip() == "step_3"
+    assert [r["step"] for r in read_rows(run)] == ["1", "2", "3"] and read_rows(run)[-1]["giou"] == ""
+    assert signal.getsignal(signal.SIGTERM) is original
+    monkeypatch.undo()
+    resumed = train(config(tiny_ckpt, run, eval_every=5), max_steps=6)
+    assert resumed["step"] == 6 and resumed["samples_seen"] == 24

@@ -13,7 +13,9 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,9 +204,48 @@ def plot_curves(rows: list[dict], out: Path) -> None:
     plt.close(figure)
 
 
+class StopSignals:
+    """While active, SIGINT / SIGTERM (Ctrl-C, a scheduler's pre-emption) ask the run to stop at the next optimizer
+    step, after a checkpoint, instead of killing it mid-step; a second signal kills as usual."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+
+    def _handle(self, signum, frame):
+        log.warning("%s: stopping after this step's checkpoint (again to stop at once)", signal.Signals(signum).name)
+        self.requested = True
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def agreed(self, device) -> bool:
+        """Whether any rank was asked to stop (every rank must stop at the same step to save collectively)."""
+        if torch.distributed.get_world_size() == 1:
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+
 def train(config: TrainConfig, max_steps: int | None = None, deadline: float | None = None) -> dict:
     """Run (or resume) training; returns the final metrics. ``max_steps`` / ``deadline`` (a ``time.time()``) stop
-    early, after an evaluation and a checkpoint (tests, benchmarks)."""
+    early, after an evaluation and a checkpoint (tests, benchmarks); SIGINT / SIGTERM stop after a checkpoint."""
+    with StopSignals() as stop:
+        return _train(config, max_steps, deadline, stop)
+
+
+def _train(config: TrainConfig, max_steps: int | None, deadline: float | None, stop: StopSignals) -> dict:
     import deepspeed
 
     on_gpu = torch.cuda.is_available()
@@ -256,13 +297,14 @@ def train(config: TrainConfig, max_steps: int | None = None, deadline: float | N
         if engine.global_steps == before:
             continue
         step = engine.global_steps
-        if deadline is not None and time.time() > deadline:
+        stopping = stop.agreed(device)
+        if stopping or (deadline is not None and time.time() > deadline):
             last_steps = step
         row = {"step": step, "samples": samples_seen, "lr": scheduler.get_last_lr()[0],
                "seconds": round(time.time() - start, 1),
                **{k: sum(r[k] for r in running) / len(running) for k in ("loss", "ce", "bce", "dice")}}
         running = []
-        if step % config.eval_every == 0 or step == last_steps:
+        if step % config.eval_every == 0 or (step == last_steps and not stopping):
             engine.eval()
             summary = evaluate(lisa_view, config)
             row.update(giou=summary["giou"], ciou=summary["ciou"])
