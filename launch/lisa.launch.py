@@ -1,5 +1,5 @@
 """Launch the LISA node: ``ros2 launch lisa_ros lisa.launch.py [model:=…] [quantization:=4bit] [image_topic:=…]
-[namespace:=…] [params_file:=…]``. Arguments given here override the parameters file."""
+[adapter:=DIR] [namespace:=…] [params_file:=…]``. Arguments given here override the parameters file."""
 import os
 
 from ament_index_python.packages import get_package_share_directory
@@ -11,6 +11,7 @@ from launch_ros.actions import LifecycleNode
 ARGUMENTS = {
     "model": ("xinlai/LISA-7B-v1", "LISA checkpoint: hub id or local directory"),
     "quantization": ("none", "none | 4bit | 8bit"),
+    "adapter": ("", "LoRA adapter directory (lisa-export --adapter-only); empty: the base model"),
     "image_topic": ("/camera/image_raw", "camera topic"),
     "dtype": ("bfloat16", "float32 | bfloat16 | float16"),
     "device": ("", "torch device; empty: cuda if available"),

@@ -3,6 +3,10 @@
 One query: CLIP features (once per image) → LLM prefill with the features spliced in → greedy decode with KV cache
 → for each ``[SEG]``, the final-norm hidden state of the token before it → ``text_hidden_fcs`` → SAM mask decoder
 on the SAM image embedding (computed once per image, and only when a ``[SEG]`` appears).
+
+LoRA adapters (``lisa-export --adapter-only``) switch on the loaded model: ``load_adapter`` / ``set_adapter`` (see
+``adapters.py``). A session belongs to the weights it was opened on: after a switch it raises ``StaleSessionError``
+until it is reset.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt_io
+from .adapters import AdapterFiles, Adapters
 from .model import LisaForCausalLM
 from .preprocess import check_image, clip_pixels, load_clip_processor, sam_pixels
 from .prompt import (IMAGE_TOKEN_INDEX, PromptTokenizer, first_turn_text, next_turn_text,
@@ -51,6 +56,7 @@ class LisaResult:
     scores: list[float]  # SAM's predicted IoU per mask
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     turn: int = 1
+    adapter: str | None = None  # the active adapter's name; None: the base model
 
     def union_mask(self, shape) -> np.ndarray:
         return np.logical_or.reduce(self.masks) if self.masks else np.zeros(shape, dtype=bool)
@@ -87,6 +93,10 @@ class Stopwatch:
         return _Span()
 
 
+class StaleSessionError(ValueError):
+    """A session continued after the model's weights were switched (another adapter): its KV cache is stale."""
+
+
 class Lisa:
     """The inference engine. Build it with ``Lisa.from_pretrained``."""
 
@@ -99,6 +109,7 @@ class Lisa:
         self.name = name
         self.quantization = quantization
         self.source_dir = source_dir
+        self._adapters = Adapters(model, device, quantization)
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -130,6 +141,9 @@ class Lisa:
         """Write this model in the official LISA layout (weights without CLIP, config, slow tokenizer)."""
         if self.quantization:
             raise ValueError("a quantised model cannot be saved in the official layout; load it unquantised")
+        if self.adapters:
+            raise ValueError(f"adapters are loaded ({', '.join(self.adapters)}): delete them to save the base model, "
+                             "or write a merged checkpoint with lisa-export")
         return ckpt_io.save_checkpoint(self.model, self.source_dir, out_dir)
 
     @property
@@ -139,6 +153,42 @@ class Lisa:
     @property
     def context_length(self) -> int:
         return self.model.config.max_position_embeddings
+
+    # ---------------------------------------------------------------- adapters
+    @property
+    def adapters(self) -> dict[str, Path]:
+        """The loaded adapters: name → directory."""
+        return self._adapters.loaded
+
+    @property
+    def active_adapter(self) -> str | None:
+        """The active adapter's name; ``None``: the base model."""
+        return self._adapters.active
+
+    @property
+    def weights_version(self) -> int:
+        """Incremented at every adapter switch; sessions opened on another version refuse to continue."""
+        return self._adapters.version
+
+    def check_adapter(self, path: str | Path) -> AdapterFiles:
+        """Check that the adapter at ``path`` fits this model (files, names, LoRA targets, shapes) without loading
+        it; raises ``AdapterError`` saying what does not fit."""
+        return self._adapters.check(path)
+
+    def load_adapter(self, path: str | Path, name: str | None = None) -> str:
+        """Load a ``lisa-export --adapter-only`` directory (checked first; on error ``AdapterError`` and the model is
+        unchanged) under ``name`` (default: the directory's name, made unique) and return the name. The adapter is
+        not active until ``set_adapter(name)``."""
+        return self._adapters.load(path, name)
+
+    def set_adapter(self, name: str | None) -> None:
+        """Run with adapter ``name`` (loaded before); ``None``: the base model, exactly. Sessions opened before a
+        switch must be reset (``StaleSessionError`` otherwise). Not while a turn is running: switch between turns."""
+        self._adapters.activate(name)
+
+    def delete_adapter(self, name: str) -> None:
+        """Free adapter ``name`` (the base model becomes active if it was); with none left, no peft layers remain."""
+        self._adapters.delete(name)
 
     # ---------------------------------------------------------------- image encodings
     def image_state(self, image: np.ndarray) -> ImageState:
@@ -191,7 +241,7 @@ class Lisa:
             hidden = hidden[token_end_positions(ids, features.shape[0])]
         positions = seg_hidden_positions(ids, self.tokenizer.seg_token_id)
         logits, scores = self._masks(state, hidden[positions], watch)
-        return _result(answer, ids, logits, scores, watch)
+        return _result(answer, ids, logits, scores, watch, adapter=self.active_adapter)
 
     # ---------------------------------------------------------------- internals
     def _check_context(self, ids: Sequence[int], n_patches: int, cached: int, max_new_tokens: int) -> int:
@@ -225,9 +275,15 @@ class Session:
         self.reset()
 
     def reset(self, image: np.ndarray | None = None) -> None:
-        """Forget the conversation (and switch to ``image`` if given); the image encodings are kept otherwise."""
+        """Forget the conversation (and switch to ``image`` if given); the image encodings are kept otherwise, unless
+        the model's weights were switched since (they are recomputed then). The session then belongs to the
+        model's current weights (adapter)."""
         if image is not None:
             self.state = self.lisa.image_state(image)
+        elif getattr(self, "weights_version", self.lisa.weights_version) != self.lisa.weights_version:
+            self.state = self.lisa.image_state(self.state.image)
+        self.weights_version = self.lisa.weights_version
+        self.adapter = self.lisa.active_adapter
         self.turns: list[tuple[str, str]] = []
         self.cache = None
         self.cached_positions = 0
@@ -235,10 +291,18 @@ class Session:
 
     def add_turn(self, question: str, answer: str) -> None:
         """Append a finished turn without generating (history)."""
+        self._check_weights()
         _check_text(question)
         self.pending += self._question_ids(question) + self.lisa.tokenizer.encode(answer, add_bos=False)
         self.pending.append(self.lisa.tokenizer.eos_token_id)
         self.turns.append((question, answer))
+
+    def _check_weights(self) -> None:
+        if self.weights_version != self.lisa.weights_version:
+            raise StaleSessionError(
+                f"this session was opened on {_describe(self.adapter)} and the model has switched to "
+                f"{_describe(self.lisa.active_adapter)} since: its KV cache belongs to the old weights; reset the "
+                "session or open a new one")
 
     def _question_ids(self, question: str) -> list[int]:
         encode = self.lisa.tokenizer.encode
@@ -250,6 +314,7 @@ class Session:
     @torch.inference_mode()
     def chat(self, text: str, max_new_tokens: int = 512,
              on_token: Callable[[int, str], bool | None] | None = None) -> LisaResult:
+        self._check_weights()
         _check_text(text)
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
@@ -275,7 +340,7 @@ class Session:
         self.pending = generated[-1:] + ([eos] if generated[-1] != eos else [])
         reply = lisa.tokenizer.decode(generated)
         self.turns.append((text, reply))
-        return _result(reply, generated, logits, scores, watch, turn=len(self.turns))
+        return _result(reply, generated, logits, scores, watch, turn=len(self.turns), adapter=self.adapter)
 
     def _generate(self, fed: list[int], features, budget: int, on_token, watch: Stopwatch):
         """Prefill ``fed`` then decode greedily. Returns (generated ids, ``[len(fed) + len(gen) - 1, H]`` hidden)."""
@@ -315,13 +380,18 @@ class Session:
         self.cached_positions = positions
 
 
+def _describe(adapter: str | None) -> str:
+    return "the base model" if adapter is None else f"adapter '{adapter}'"
+
+
 def _check_text(text: str) -> None:
     if not isinstance(text, str) or not text.strip():
         raise ValueError("query text is empty")
 
 
-def _result(text, ids, logits: torch.Tensor, scores: torch.Tensor, watch: Stopwatch, turn: int = 1) -> LisaResult:
+def _result(text, ids, logits: torch.Tensor, scores: torch.Tensor, watch: Stopwatch, turn: int = 1,
+            adapter: str | None = None) -> LisaResult:
     logits_np = logits.float().cpu().numpy()
     watch.times["total"] = sum(v for k, v in watch.times.items() if k != "decode_tokens")
     return LisaResult(text=text, token_ids=list(ids), masks=[m > 0 for m in logits_np], mask_logits=logits_np,
-                      scores=[float(s) for s in scores], timings=dict(watch.times), turn=turn)
+                      scores=[float(s) for s in scores], timings=dict(watch.times), turn=turn, adapter=adapter)

@@ -57,3 +57,17 @@ def quantize_linears(model: nn.Module, mode: str) -> int:
         parent = model.get_submodule(parent_name)
         setattr(parent, child, _quantized_linear(getattr(parent, child), mode))
     return len(targets)
+
+
+def is_quantized(module: nn.Module) -> bool:
+    """A bitsandbytes linear layer (its weight is packed integers; ``in/out_features`` give the logical shape)."""
+    return type(module).__name__ in ("Linear4bit", "Linear8bitLt")
+
+
+def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, mode: str) -> nn.Module:
+    """A quantised layer made from float ``weight`` ``[out, in]`` and ``bias`` (quantised when moved to CUDA)."""
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    linear.weight = nn.Parameter(weight.detach(), requires_grad=False)
+    if bias is not None:
+        linear.bias = nn.Parameter(bias.detach(), requires_grad=False)
+    return _quantized_linear(linear, mode)

@@ -65,13 +65,17 @@ class SessionEntry:
 
 class SessionStore:
     """Sessions by id, bounded: at most ``max_sessions`` (least recently used evicted), idle ones dropped after
-    ``idle_timeout_s``, at most ``max_turns`` turns each (then the requester must reset)."""
+    ``idle_timeout_s``, at most ``max_turns`` turns each (then the requester must reset). Sessions closed all at once
+    with a reason (``clear(reason)``, e.g. an adapter switch) answer with that reason when asked for again."""
+
+    REMEMBERED_CLOSED = 64  # closed session ids whose reason is kept
 
     def __init__(self, max_sessions: int = 8, idle_timeout_s: float = 600.0, max_turns: int = 20,
                  clock: Callable[[], float] = time.monotonic):
         self.max_sessions, self.idle_timeout_s, self.max_turns = max_sessions, idle_timeout_s, max_turns
         self._clock = clock
         self._entries: dict[str, SessionEntry] = {}
+        self._closed: dict[str, str] = {}  # session id → why it was closed
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -82,6 +86,7 @@ class SessionStore:
         entry = SessionEntry(session_id or uuid.uuid4().hex[:12], lisa.session(image), frame_meta, self._clock())
         with self._lock:
             self._entries.pop(entry.session_id, None)
+            self._closed.pop(entry.session_id, None)
             while len(self._entries) >= self.max_sessions:
                 oldest = min(self._entries.values(), key=lambda e: e.last_used)
                 del self._entries[oldest.session_id]
@@ -91,6 +96,9 @@ class SessionStore:
     def get(self, session_id: str) -> SessionEntry:
         self.evict_idle()
         with self._lock:
+            if session_id not in self._entries and session_id in self._closed:
+                raise ServingError(f"session '{session_id}' was closed: {self._closed[session_id]}; send an empty "
+                                   "session_id to start a new one")
             if session_id not in self._entries:
                 raise ServingError(f"unknown session id '{session_id}' (expired, evicted or never opened); "
                                    "send an empty session_id to start a new one")
@@ -102,9 +110,16 @@ class SessionStore:
         with self._lock:
             return self._entries.pop(session_id, None) is not None
 
-    def clear(self) -> None:
+    def clear(self, reason: str = "") -> int:
+        """Close every session; returns how many. With a ``reason``, asking for one of them later says it."""
         with self._lock:
+            closed = len(self._entries)
+            if reason:
+                self._closed.update(dict.fromkeys(self._entries, reason))
+                for key in list(self._closed)[:-self.REMEMBERED_CLOSED]:
+                    del self._closed[key]
             self._entries.clear()
+            return closed
 
     def evict_idle(self) -> list[str]:
         now = self._clock()
@@ -142,9 +157,11 @@ class InferenceQueue:
         """Jobs accepted and not finished (running + waiting)."""
         return self._pending
 
-    def submit(self, job: Callable[[], Any]) -> Future:
+    def submit(self, job: Callable[[], Any], force: bool = False) -> Future:
+        """Run ``job`` after those already accepted. ``force``: accepted even when full (control jobs, e.g. an
+        adapter switch, that must run between turns)."""
         with self._lock:
-            if self._pending > self.max_queued:
+            if self._pending > self.max_queued and not force:
                 raise Busy(f"busy: {self._pending} request(s) in progress or queued (limit "
                            f"{self.max_queued} waiting); try again later")
             self._pending += 1

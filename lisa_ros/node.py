@@ -2,7 +2,8 @@
 
 configure: topics, action and services are created; activate: the model is loaded; deactivate: it is freed (GPU
 memory included); with ``autostart`` (default) the node brings itself to active. Image callbacks only store the newest
-frame; inference runs on one worker thread (``lisa_core.serving.InferenceQueue``).
+frame; inference runs on one worker thread (``lisa_core.serving.InferenceQueue``). The ``adapter`` parameter (a LoRA
+adapter directory, empty = the base model) is checked when set and switched on that thread, between turns.
 """
 from __future__ import annotations
 
@@ -17,16 +18,18 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from lisa_interfaces.action import Converse
 from lisa_interfaces.msg import Latency, SegmentationResult, SessionInfo
 from lisa_interfaces.srv import ListSessions, ResetSession
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.task import Future as RosFuture
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
+from lisa_core.adapters import AdapterError, read_adapter
 from lisa_core.engine import LisaResult
 from lisa_core.output import overlay
 from lisa_core.serving import (Cancelled, InferenceQueue, LatestFrame, ServingError, SessionStore, TurnRequest,
@@ -50,6 +53,11 @@ class LisaNode(LifecycleNode):
         self.served = 0
         self.frame_age_max_ms = float("-inf")  # worst image-callback delay since the last diagnostics message
         self._entities = []
+        self.adapter_path = ""  # the adapter the model runs with now ("": the base model); the parameter may be ahead
+        self.adapter_error = ""  # why the adapter last asked for is not the one running
+        self._adapter_request = 0  # counts accepted changes of the parameter: only the latest one is switched to
+        self._reverting = False
+        self.add_on_set_parameters_callback(self.on_set_parameters)
         if self.param("autostart"):
             self.trigger_configure()
             self.trigger_activate()
@@ -107,9 +115,18 @@ class LisaNode(LifecycleNode):
             self.get_logger().error(self.load_error)
             return TransitionCallbackReturn.FAILURE
         self.load_error = ""
+        self.adapter_path = ""
+        if self.param("adapter"):
+            try:
+                self.apply_adapter(self.param("adapter"))
+            except Exception as err:  # serve the base model rather than nothing, and say so
+                self.adapter_error = f"the adapter failed to load: {err}; serving the base model"
+                self.get_logger().error(self.adapter_error)
+                self.set_adapter_param("")
         gc.collect()
         gc.freeze()  # the model's many long-lived objects out of the collector's way: no GC pauses on callbacks
-        self.get_logger().info(f"active: {self.param('model')} on {self.lisa.device} ({self.lisa.dtype})")
+        self.get_logger().info(f"active: {self.param('model')} on {self.lisa.device} ({self.lisa.dtype}), "
+                               f"{self.describe_adapter()}")
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
@@ -126,9 +143,9 @@ class LisaNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def release_model(self, reason: str) -> None:
-        self.lisa, self.load_error = None, reason
+        self.lisa, self.load_error, self.adapter_path = None, reason, ""
         if self.sessions is not None:
-            self.sessions.clear()
+            self.sessions.clear(reason)
         gc.unfreeze()
         gc.collect()
         import torch
@@ -145,6 +162,74 @@ class LisaNode(LifecycleNode):
             self.action_server = None
         if self.queue is not None:
             self.queue.shutdown()
+
+    # ---------------------------------------------------------------- adapters
+    def on_set_parameters(self, params) -> SetParametersResult:
+        """A new ``adapter`` is checked here against the loaded model (files, names, shapes): a bad one is refused
+        with the reason and nothing changes. A good one is switched to on the inference thread, after the turns
+        already queued; while the node is inactive it is loaded at activation."""
+        for param in params:
+            if param.name != "adapter" or self._reverting:
+                continue
+            path = param.value
+            try:
+                if not isinstance(path, str):
+                    raise AdapterError(f"adapter must be a directory path (a string), got {path!r}")
+                if path and self.lisa is not None:
+                    self.lisa.check_adapter(path)
+                elif path:
+                    read_adapter(path)
+            except Exception as err:  # AdapterError, or anything unforeseen: refused either way, the node stays up
+                self.get_logger().error(f"adapter refused, still serving {self.describe_adapter()}: {err}")
+                return SetParametersResult(successful=False, reason=str(err))
+            self._adapter_request += 1
+            if self.lisa is not None:
+                request = self._adapter_request
+                self.queue.submit(lambda path=path, request=request: self.switch_adapter(path, request), force=True)
+                self.get_logger().info(f"adapter '{path}' accepted: switching after the queued turns"
+                                       if path else "switching to the base model after the queued turns")
+        return SetParametersResult(successful=True)
+
+    def switch_adapter(self, path: str, request: int) -> None:
+        """On the inference thread, between turns."""
+        if request != self._adapter_request or self.lisa is None:
+            return  # a newer change comes behind this one, or the model is gone (activation loads the parameter)
+        try:
+            self.apply_adapter(path)
+        except Exception as err:  # e.g. unreadable after the check: keep the adapter that runs, and say so
+            self.adapter_error = f"adapter '{path}' failed to load: {err}; still serving {self.describe_adapter()}"
+            self.get_logger().error(self.adapter_error)
+
+            def revert():
+                if request == self._adapter_request:  # nothing newer was asked for: the parameter shows what runs
+                    self.set_adapter_param(self.adapter_path)
+
+            self.call_on_executor(revert)
+
+    def apply_adapter(self, path: str) -> None:
+        """Run the model with the adapter at ``path`` ("": the base model), keeping only that one loaded; a change of
+        weights closes every session (their KV caches belong to the old ones). On error nothing changed."""
+        lisa = self.lisa
+        version = lisa.weights_version
+        lisa.set_adapter(lisa.load_adapter(path) if path else None)
+        for name in list(lisa.adapters):
+            if name != lisa.active_adapter:
+                lisa.delete_adapter(name)
+        self.adapter_path, self.adapter_error = path, ""
+        if lisa.weights_version != version:
+            closed = self.sessions.clear(f"the model switched to {self.describe_adapter()}")
+            self.get_logger().info(f"now serving {self.describe_adapter()} ({closed} session(s) closed)")
+
+    def describe_adapter(self) -> str:
+        return f"adapter '{self.adapter_path}'" if self.adapter_path else "the base model"
+
+    def set_adapter_param(self, value: str) -> None:
+        """Make the parameter show what runs (no switch is triggered)."""
+        self._reverting = True
+        try:
+            self.set_parameters([Parameter("adapter", Parameter.Type.STRING, value)])
+        finally:
+            self._reverting = False
 
     # ---------------------------------------------------------------- inputs
     def on_image(self, msg) -> None:
@@ -262,13 +347,16 @@ class LisaNode(LifecycleNode):
 
     def complete(self, future: RosFuture, value) -> None:
         """Resolve ``future`` on the executor's thread (called from the inference thread)."""
-        self._completions.put((future, value))
+        self.call_on_executor(lambda: future.set_result(value))
+
+    def call_on_executor(self, function) -> None:
+        """Run ``function()`` on the executor's thread (called from the inference thread)."""
+        self._completions.put(function)
         self._wake.trigger()
 
     def deliver_completions(self) -> None:
         while not self._completions.empty():
-            future, value = self._completions.get_nowait()
-            future.set_result(value)
+            self._completions.get_nowait()()
 
     def on_reset(self, request, response):
         response.success = self.sessions.reset(request.session_id)
@@ -316,8 +404,11 @@ class LisaNode(LifecycleNode):
 
     def publish_diagnostics(self) -> None:
         level = DiagnosticStatus.OK if self.lisa is not None else DiagnosticStatus.ERROR
+        if self.lisa is not None and self.adapter_error:
+            level = DiagnosticStatus.WARN
         values = {
             "model": self.param("model"), "loaded": str(self.lisa is not None),
+            "adapter": self.adapter_path, "adapter_error": self.adapter_error,
             "device": str(self.lisa.device) if self.lisa else "", "dtype": str(self.lisa.dtype) if self.lisa else "",
             "quantization": self.param("quantization"), "last_latency_s": f"{self.last_latency_s:.3f}",
             "queue_depth": str(self.queue.depth if self.queue else 0),
@@ -327,7 +418,8 @@ class LisaNode(LifecycleNode):
         }
         self.frame_age_max_ms = float("-inf")
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: LISA engine", hardware_id=values["device"],
-                                  message="ready" if self.lisa is not None else self.load_error,
+                                  message=(self.adapter_error or "ready") if self.lisa is not None else
+                                  self.load_error,
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
         self.diag_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
                                               status=[status]))

@@ -19,6 +19,9 @@ PARAMETERS = (
     Param("device", "", "torch device, e.g. cuda, cuda:1, cpu; empty: cuda if available, else cpu"),
     Param("dtype", "bfloat16", "float32 | bfloat16 | float16 (float16 is used with quantization)"),
     Param("quantization", "none", "none | 4bit | 8bit (bitsandbytes, CUDA only; SAM stays unquantised)"),
+    Param("adapter", "", "LoRA adapter directory (lisa-export --adapter-only) on top of model; empty: the base model. "
+          "Settable at run time (ros2 param set /lisa adapter DIR): checked at once (a bad one is refused with the "
+          "reason), switched between turns; a switch closes all sessions"),
     Param("max_new_tokens", 256, "longest reply in tokens"),
     Param("max_query_chars", 2000, "longer queries are refused with an error"),
     Param("image_topic", "/camera/image_raw", "camera topic"),

@@ -248,3 +248,84 @@ def test_lifecycle_deactivate_frees_and_activate_reloads(client, room_image):
     assert {kv.key: kv.value for kv in client.diagnostics[-1].status[0].values}["loaded"] == "False"
     change(Transition.TRANSITION_ACTIVATE)
     assert client.converse(QUESTION, image=room_image, timeout=30).error == ""
+
+
+def set_parameter(client, name, value: str, node_name="/lisa"):
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    request = SetParameters.Request(parameters=[Parameter(name, Parameter.Type.STRING, value).to_parameter_msg()])
+    return call(client, SetParameters, f"{node_name}/set_parameters", request).results[0]
+
+
+def get_parameter(client, name, node_name="/lisa") -> str:
+    from rcl_interfaces.srv import GetParameters
+
+    request = GetParameters.Request(names=[name])
+    return call(client, GetParameters, f"{node_name}/get_parameters", request).values[0].string_value
+
+
+def wait_for_diagnostics(client, check, timeout=30.0) -> dict:
+    """The newest /diagnostics values once ``check(values)`` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        client.diagnostics.clear()
+        client.spin_until(lambda: client.diagnostics, 5, "diagnostics")
+        values = {kv.key: kv.value for kv in client.diagnostics[-1].status[0].values}
+        if check(values) or time.monotonic() > deadline:
+            return values
+
+
+def test_adapter_switched_at_run_time(client, node, make_adapter, room_image, tmp_path):
+    adapter, _ = make_adapter(1)
+    goal = Converse.Goal(text=QUESTION, image=client.image_msg(room_image), max_new_tokens=8)
+
+    def answer():  # greedy on the same image: the same answer on the same weights
+        result = send(client, goal)
+        assert result.error == "", result.error
+        return result.reply, list(result.scores), list(result.mask_areas)
+
+    base = answer()
+    opened = client.converse(QUESTION, image=room_image, timeout=30)
+    try:
+        assert set_parameter(client, "adapter", str(adapter)).successful
+        values = wait_for_diagnostics(client, lambda v: v["adapter"] == str(adapter))
+        assert values["adapter"] == str(adapter) and values["adapter_error"] == ""
+        tuned = answer()
+        assert tuned != base
+        stale = client.converse("And where can I sit?", session_id=opened.session_id, timeout=30)
+        assert f"was closed: the model switched to adapter '{adapter}'" in stale.error
+
+        refused = set_parameter(client, "adapter", str(tmp_path / "missing"))
+        assert not refused.successful and "is not a directory" in refused.reason
+        assert get_parameter(client, "adapter") == str(adapter)
+        assert wait_for_diagnostics(client, lambda v: True)["adapter"] == str(adapter)
+        assert answer() == tuned  # still serving the adapter
+        assert node[0].poll() is None
+    finally:
+        assert set_parameter(client, "adapter", "").successful
+        assert wait_for_diagnostics(client, lambda v: v["adapter"] == "")["adapter"] == ""
+    assert answer() == base
+
+
+
+def test_bad_adapter_at_start_serves_the_base_model(tiny_ckpt, tmp_path, ros, room_image):
+    missing = str(tmp_path / "no-adapter")
+    process = start_node(tmp_path / "adapter.log", namespace="/adapted", model=str(tiny_ckpt), device="cpu",
+                         dtype="float32", max_new_tokens=4, adapter=missing)
+    try:
+        client = LisaClient(context=ros, namespace="adapted")
+        errors = []
+        client.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: errors.extend(
+            kv.value for kv in m.status[0].values if kv.key == "adapter_error" and missing in kv.value), 10)
+        try:
+            client.wait_for_node(30)
+            assert client.converse(QUESTION, image=room_image, timeout=20).error == ""
+            assert get_parameter(client, "adapter", "/adapted/lisa") == ""  # what runs: the base model
+            client.spin_until(lambda: errors, 10, "the adapter error in diagnostics")
+            assert "failed to load" in errors[-1] and "serving the base model" in errors[-1]
+            assert process.poll() is None
+        finally:
+            client.close()
+    finally:
+        stop_node(process)

@@ -76,6 +76,10 @@ def test_export_merged_and_adapter(tiny_ckpt, tmp_path, room_image):
     assert not any("lora" in k or "base_model" in k or "vision_tower" in k for k in keys)
     adapter = export_adapter(run, tmp_path / "adapter")
     assert {"adapter_config.json", "adapter_model.safetensors", ADAPTER_EXTRA} <= {p.name for p in adapter.iterdir()}
+    switched = Lisa.from_pretrained(str(tiny_ckpt), device="cpu")  # the base, with the adapter switched on
+    switched.set_adapter(switched.load_adapter(adapter))
+    tuned = switched.segment(room_image, "Where can I wash my hands?", "Sure, it is [SEG].")
+    assert abs(tuned.mask_logits - got.mask_logits).max() < 1e-4
 
 
 def test_from_llava_base_with_sam_pth_on_disk_rooms(tmp_path, room_image):

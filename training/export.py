@@ -1,7 +1,8 @@
 """``lisa-export RUN_DIR OUT_DIR``: a training run's DeepSpeed checkpoint → fp32 → LoRA merged → a checkpoint in the
 official LISA layout (``Lisa.from_pretrained``, the ROS node and the reference code load it). ``--adapter-only``
 writes the LoRA adapter (peft format) plus the other trained weights (lm_head, embed_tokens, mask decoder,
-text_hidden_fcs) instead, for switching adapters on one base model."""
+text_hidden_fcs) instead, for switching adapters on one base model: ``Lisa.load_adapter`` / ``set_adapter``, and the
+node's ``adapter`` parameter, load it."""
 from __future__ import annotations
 
 import argparse
@@ -12,11 +13,12 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from lisa_core import Lisa
+from lisa_core.adapters import TRAINED_WEIGHTS
 from lisa_core.checkpoint import resolve_checkpoint, save_checkpoint
 
 from .train import TRAINABLE, TrainConfig, TrainModule, add_lora, load_model
 
-ADAPTER_EXTRA = "trained_weights.safetensors"
+ADAPTER_EXTRA = TRAINED_WEIGHTS
 
 
 def load_trained(run_dir: str | Path, tag: str | None = None) -> tuple[Lisa, TrainModule]:
@@ -39,20 +41,31 @@ def load_trained(run_dir: str | Path, tag: str | None = None) -> tuple[Lisa, Tra
     return lisa, module
 
 
+def save_merged(peft_model, tokenizer_dir, out_dir) -> Path:
+    """The LoRA merged into its base layers, written in the official layout (this unwraps ``peft_model``)."""
+    return save_checkpoint(peft_model.merge_and_unload(), tokenizer_dir, out_dir)
+
+
+def save_adapter(peft_model, out_dir) -> Path:
+    """peft's ``save_pretrained`` (the LoRA) plus ``trained_weights.safetensors``: every other trainable tensor."""
+    out = Path(out_dir)
+    # the embeddings go into trained_weights with the rest (peft's "auto" would look the base up on the hub and
+    # could put them into adapter_model.safetensors as well)
+    peft_model.save_pretrained(str(out), save_embedding_layers=False)
+    extra = {name: param.detach().contiguous() for name, param in peft_model.named_parameters()
+             if param.requires_grad and "lora_" not in name}
+    save_file(extra, str(out / ADAPTER_EXTRA))
+    return out
+
+
 def export_merged(run_dir, out_dir, tag: str | None = None) -> Path:
     lisa, module = load_trained(run_dir, tag)
-    merged = module.peft_model.merge_and_unload()
-    return save_checkpoint(merged, resolve_checkpoint(str(lisa.source_dir)), out_dir)
+    return save_merged(module.peft_model, resolve_checkpoint(str(lisa.source_dir)), out_dir)
 
 
 def export_adapter(run_dir, out_dir, tag: str | None = None) -> Path:
     _, module = load_trained(run_dir, tag)
-    out = Path(out_dir)
-    module.peft_model.save_pretrained(str(out))
-    extra = {name: param.detach().contiguous() for name, param in module.peft_model.named_parameters()
-             if param.requires_grad and "lora_" not in name}
-    save_file(extra, str(out / ADAPTER_EXTRA))
-    return out
+    return save_adapter(module.peft_model, out_dir)
 
 
 def main(argv=None) -> int:
