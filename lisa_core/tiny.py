@@ -71,7 +71,7 @@ def train_tokenizer(out: Path, vocab_size: int = 400, added_tokens=ADDED_TOKENS)
 
 
 def tiny_config(vocab_size: int, clip_hidden: int, sam: SamSpec, hidden_size: int = 64, intermediate_size: int = 128,
-                num_hidden_layers: int = 2, num_attention_heads: int = 4) -> LisaConfig:
+                num_hidden_layers: int = 2, num_attention_heads: int = 4, initializer_range: float = 0.02) -> LisaConfig:
     return LisaConfig(
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
@@ -81,7 +81,7 @@ def tiny_config(vocab_size: int, clip_hidden: int, sam: SamSpec, hidden_size: in
         mm_use_im_start_end=True, mm_use_im_patch_token=False, use_mm_proj=True, out_dim=256,
         train_mask_decoder=True, image_aspect_ratio="square", image_grid_pinpoints=None,
         freeze_mm_mlp_adapter=True, tune_mm_mlp_adapter=False, pretrain_mm_mlp_adapter=None, pretraining_tp=1,
-        hidden_act="silu", initializer_range=0.02, sam_image_encoder=asdict(sam),
+        hidden_act="silu", initializer_range=initializer_range, sam_image_encoder=asdict(sam),
         _name_or_path="lisa-tiny-untrained",
     )
 
@@ -105,17 +105,18 @@ def save_tiny_clip(out: Path, patch_size: int = 14):
 
 
 def make_tiny(out_dir: str | Path, seed: int = 0, sam_img_size: int = 256, clip_patch_size: int = 14,
-              llm: dict | None = None) -> Path:
+              llm: dict | None = None, vocab_size: int = 400) -> Path:
     """Write the tiny checkpoint to ``out_dir`` and return its path. The defaults give the same files every time
     (tests rely on it); ``clip_patch_size`` (image tokens = (224 / patch)²) and ``llm`` (``tiny_config`` keywords:
-    ``hidden_size``, ``intermediate_size``, ``num_hidden_layers``, ``num_attention_heads``) make other tiny shapes
-    in the same layout (the training benchmark uses them)."""
+    ``hidden_size``, ``intermediate_size``, ``num_hidden_layers``, ``num_attention_heads``, ``initializer_range``)
+    and ``vocab_size`` (SentencePiece pieces; 800 gives whole words for the corpus) make other tiny shapes in the
+    same layout (the training benchmark uses them)."""
     from transformers import AutoTokenizer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    train_tokenizer(out)
+    train_tokenizer(out, vocab_size)
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     clip = save_tiny_clip(out, clip_patch_size)
     model = LisaForCausalLM(tiny_config(len(tokenizer), clip.config.hidden_size, tiny_sam_spec(sam_img_size),
