@@ -72,19 +72,21 @@ def main(argv=None) -> None:
     parser.add_argument("--classes-per-sample", type=int, default=1)
     parser.add_argument("--clip-patch", type=int, default=224)
     parser.add_argument("--vocab", type=int, default=800)
+    parser.add_argument("--seed", type=int, default=0, help="random init, training rooms and data order")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the results go")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        model = make_tiny(Path(tmp) / "tiny", clip_patch_size=args.clip_patch, vocab_size=args.vocab)
+        model = make_tiny(Path(tmp) / "tiny", seed=args.seed, clip_patch_size=args.clip_patch, vocab_size=args.vocab)
         data = Path(tmp) / "dataset"
-        write_scannet_scenes(data / "scannet", args.scenes, frames=50, seed=0)
+        write_scannet_scenes(data / "scannet", args.scenes, frames=50, seed=args.seed)
         write_reasonseg_split(data / "reason_seg" / "ReasonSeg" / "val", args.val, seed=12345)
         test = write_reasonseg_split(Path(tmp) / "test", args.test, seed=54321)
         run = Path(tmp) / "run"
         config = TrainConfig(
             model=str(model), output_dir=str(run), precision="fp32", micro_batch=4, grad_accum=1,
             epochs=1, steps_per_epoch=args.max_steps, warmup_steps=20, eval_every=args.eval_every,
-            checkpoint_every=args.eval_every, lr=args.lr, ce_weight=args.ce_weight, dataset_dir=str(data),
+            checkpoint_every=args.eval_every, lr=args.lr, ce_weight=args.ce_weight, seed=args.seed,
+            dataset_dir=str(data),
             datasets={"scannet": {"label_set": "nyu40", "frame_step": 1, "min_pixels": 50,
                                   "classes_per_sample": args.classes_per_sample, "reason_rate": 0.5}},
             eval={"reason_seg": {"split": "val"}})
@@ -92,7 +94,7 @@ def main(argv=None) -> None:
         summary = train(config, deadline=start + 60 * args.minutes)
         summary["wall_clock_s"] = time.time() - start
         summary["test"] = {"rooms": args.test, "tag": "best", **score_checkpoint(run, test, "best")}
-        summary["tiny_model"] = {"clip_patch_size": args.clip_patch, "vocab_size": args.vocab}
+        summary["tiny_model"] = {"clip_patch_size": args.clip_patch, "vocab_size": args.vocab, "seed": args.seed}
         summary["config"] = {k: v for k, v in vars(config).items() if k not in ("model", "output_dir", "dataset_dir")}
         args.out.mkdir(parents=True, exist_ok=True)
         shutil.copy(run / "metrics.csv", args.out / "training_metrics.csv")
