@@ -19,9 +19,9 @@ each measured with probes listed in ``bench/README.md``:
 - The tiny model: a CLIP patch of 224 (one image token instead of CLIP-L/14's 256) and a 800-piece tokenizer
   (whole words; the system prompt is 30 tokens instead of 102). The LISA architecture and the checkpoint layout are
   unchanged. A random LLaMA attends uniformly, so the ``[SEG]`` state is an average over the sequence: with 256
-  image tokens 99 % of its variance comes from the image and 0.1 % from the asked class; with one image token and
-  word tokens the question is ≈ 70 % of it. (The LLM's image tokens do not help the segmentation here: SAM sees
-  the image.)
+  image tokens 99.4 % of its variance comes from the image and 0.1 % from the asked class; with one image token and
+  word tokens 4 % comes from the image and 83 % from the question's wording. (The LLM's image tokens do not help
+  the segmentation here: SAM sees the image.)
 - Micro-batch 4, no gradient accumulation, one optimizer step per 4 samples; a short warm-up; lr 3e-4 linearly
   decayed over the steps that fit the budget (``--max-steps``).
 
