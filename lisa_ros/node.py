@@ -383,7 +383,8 @@ class LisaNode(LifecycleNode):
         self.last_latency_s, self.served = latency.total_s, self.served + 1
         return SegmentationResult(header=header, query=query, reply=result.text, session_id=session_id,
                                   turn=result.turn, masks=masks, scores=result.scores,
-                                  mask_areas=[int(m.sum()) for m in result.masks], latency=latency)
+                                  mask_areas=[int(m.sum()) for m in result.masks], latency=latency,
+                                  adapter=self.adapter_path)
 
     def publish_outputs(self, msg: SegmentationResult, image: np.ndarray, result: LisaResult) -> None:
         union = result.union_mask(image.shape[:2]).astype(np.uint8) * 255

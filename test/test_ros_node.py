@@ -280,9 +280,10 @@ def test_adapter_switched_at_run_time(client, node, make_adapter, room_image, tm
     adapter, _ = make_adapter(1)
     goal = Converse.Goal(text=QUESTION, image=client.image_msg(room_image), max_new_tokens=8)
 
-    def answer():  # greedy on the same image: the same answer on the same weights
+    def answer(expected_adapter=""):  # greedy on the same image: the same answer on the same weights
         result = send(client, goal)
         assert result.error == "", result.error
+        assert result.adapter == expected_adapter  # every answer names the weights that computed it
         return result.reply, list(result.scores), list(result.mask_areas)
 
     base = answer()
@@ -291,7 +292,7 @@ def test_adapter_switched_at_run_time(client, node, make_adapter, room_image, tm
         assert set_parameter(client, "adapter", str(adapter)).successful
         values = wait_for_diagnostics(client, lambda v: v["adapter"] == str(adapter))
         assert values["adapter"] == str(adapter) and values["adapter_error"] == ""
-        tuned = answer()
+        tuned = answer(str(adapter))
         assert tuned != base
         stale = client.converse("And where can I sit?", session_id=opened.session_id, timeout=30)
         assert f"was closed: the model switched to adapter '{adapter}'" in stale.error
@@ -300,7 +301,7 @@ def test_adapter_switched_at_run_time(client, node, make_adapter, room_image, tm
         assert not refused.successful and "is not a directory" in refused.reason
         assert get_parameter(client, "adapter") == str(adapter)
         assert wait_for_diagnostics(client, lambda v: True)["adapter"] == str(adapter)
-        assert answer() == tuned  # still serving the adapter
+        assert answer(str(adapter)) == tuned  # still serving the adapter
         assert node[0].poll() is None
     finally:
         assert set_parameter(client, "adapter", "").successful
