@@ -40,7 +40,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lisa_core import Lisa  # noqa: E402
 from lisa_core.tiny import make_tiny  # noqa: E402
 from training.data.synthetic import write_reasonseg_split, write_scannet_scenes  # noqa: E402
 from training.evaluate import evaluate_items, reasonseg_val_items  # noqa: E402
@@ -55,8 +54,7 @@ def score_checkpoint(run_dir: Path, folder: Path, tag: str) -> dict:
 
     lisa, module = load_trained(run_dir, tag)
     module.eval()
-    view = Lisa(module.lisa_model, lisa.tokenizer, lisa.clip_processor, lisa.device)
-    return evaluate_items(view, reasonseg_val_items(folder))[0]
+    return evaluate_items(module.engine(lisa), reasonseg_val_items(folder))[0]
 
 
 def main(argv=None) -> None:

@@ -117,6 +117,10 @@ class TrainModule(torch.nn.Module):
     def forward(self, batch: dict) -> dict:
         return batch_loss(self.lisa_model, self.clip_processor, batch, self.seg_token_id, self.weights)
 
+    def engine(self, lisa: Lisa) -> Lisa:
+        """An inference engine on the weights being trained (shared, not copied), with ``lisa``'s tokenizer."""
+        return Lisa(self.lisa_model, lisa.tokenizer, lisa.clip_processor, lisa.device)
+
 
 def add_lora(model, config: TrainConfig):
     """LoRA on the LLM's ``lora_targets`` (not SAM, CLIP, projector or fcs); lm_head, embed_tokens, the mask decoder
@@ -275,7 +279,7 @@ def _train(config: TrainConfig, max_steps: int | None, deadline: float | None, s
         log.info("resumed at step %d (%d samples seen)", engine.global_steps, samples_seen)
     data = Mixture(config.datasets, config.seed, config.dataset_dir)
     use_im_start_end = bool(lisa.model.config.mm_use_im_start_end)
-    lisa_view = Lisa(module.lisa_model, lisa.tokenizer, lisa.clip_processor, lisa.device)
+    lisa_view = module.engine(lisa)
     metrics_file = out / "metrics.csv"
     fields = ["step", "samples", "lr", "loss", "ce", "bce", "dice", "giou", "ciou", "seconds"]
     rows = list(csv.DictReader(metrics_file.open())) if metrics_file.is_file() and samples_seen else []
