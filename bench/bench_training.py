@@ -70,6 +70,7 @@ def main(argv=None) -> None:
     parser.add_argument("--classes-per-sample", type=int, default=1)
     parser.add_argument("--clip-patch", type=int, default=224)
     parser.add_argument("--vocab", type=int, default=800)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (0: the committed runs)")
     parser.add_argument("--seed", type=int, default=0, help="random init, training rooms and data order")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the results go")
     args = parser.parse_args(argv)
@@ -84,7 +85,7 @@ def main(argv=None) -> None:
             model=str(model), output_dir=str(run), precision="fp32", micro_batch=4, grad_accum=1,
             epochs=1, steps_per_epoch=args.max_steps, warmup_steps=20, eval_every=args.eval_every,
             checkpoint_every=args.eval_every, lr=args.lr, ce_weight=args.ce_weight, seed=args.seed,
-            dataset_dir=str(data),
+            workers=args.workers, dataset_dir=str(data),
             datasets={"scannet": {"label_set": "nyu40", "frame_step": 1, "min_pixels": 50,
                                   "classes_per_sample": args.classes_per_sample, "reason_rate": 0.5}},
             eval={"reason_seg": {"split": "val"}})

@@ -2,8 +2,10 @@
 import csv
 import dataclasses
 import json
+import os
 
 import pytest
+import torch
 
 from training.train import TrainConfig, main, train
 
@@ -157,21 +159,47 @@ def test_sigterm_stops_after_a_checkpoint_and_resumes(tiny_ckpt, tmp_path, monke
     import training.train as train_module
 
     batches = []
+    prepare_batch = train_module.prepare_batch
 
-    def collate_then_signal(*args, **kwargs):
+    def prepare_then_signal(*args, **kwargs):
         batches.append(1)
         if len(batches) == 5:  # the first micro-batch of step 3 (2 per step): a scheduler pre-empts the job
             signal.raise_signal(signal.SIGTERM)
-        return train_module.collate.__wrapped__(*args, **kwargs)
+        return prepare_batch(*args, **kwargs)
 
-    collate_then_signal.__wrapped__ = train_module.collate
-    monkeypatch.setattr(train_module, "collate", collate_then_signal)
+    monkeypatch.setattr(train_module, "prepare_batch", prepare_then_signal)
     original = signal.getsignal(signal.SIGTERM)
     run = tmp_path / "run"
-    stopped = train(config(tiny_ckpt, run, eval_every=5), max_steps=6)
+    stopped = train(config(tiny_ckpt, run, eval_every=5, workers=0), max_steps=6)
     assert stopped["step"] == 3 and (run / "checkpoints" / "latest").read_text().strip() == "step_3"
     assert [r["step"] for r in read_rows(run)] == ["1", "2", "3"] and read_rows(run)[-1]["giou"] == ""
     assert signal.getsignal(signal.SIGTERM) is original
     monkeypatch.undo()
     resumed = train(config(tiny_ckpt, run, eval_every=5), max_steps=6)
+    assert resumed["step"] == 6 and resumed["samples_seen"] == 24
+
+
+def test_sigterm_to_the_data_workers_too_still_stops_cleanly(tiny_ckpt, tmp_path, monkeypatch):
+    """A scheduler signals every process of the job: the DataLoader workers must live on until the trainer has
+    finished its step and written its checkpoint."""
+    import signal
+
+    import training.train as train_module
+
+    prepare_batch = train_module.prepare_batch
+    built = []
+
+    def signal_job_then_prepare(*args, **kwargs):  # runs in a worker process (a fork of this one)
+        built.append(1)
+        if len(built) == 1 and torch.utils.data.get_worker_info().id == 0:  # micro-batch 0, before it is returned
+            os.kill(os.getppid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return prepare_batch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "prepare_batch", signal_job_then_prepare)
+    run = tmp_path / "run"
+    stopped = train(config(tiny_ckpt, run, eval_every=5, workers=2), max_steps=6)
+    assert stopped["step"] == 1 and (run / "checkpoints" / "latest").read_text().strip() == "step_1"
+    monkeypatch.undo()
+    resumed = train(config(tiny_ckpt, run, eval_every=5, workers=2), max_steps=6)
     assert resumed["step"] == 6 and resumed["samples_seen"] == 24

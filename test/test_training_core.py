@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from lisa_core.prompt import conversation_prefixes
-from training.collate import IGNORE_INDEX, Sample, collate, encode_conversation
+from training.collate import IGNORE_INDEX, Sample, collate, encode_conversation, prepare_batch
 from training.forward import batch_loss
 from training.losses import LossWeights, lisa_loss, mask_bce, mask_dice, next_token_ce
 
@@ -95,8 +95,7 @@ def test_a_few_steps_learn(tiny_ckpt):
     optimizer = torch.optim.AdamW(trainable, lr=3e-4)
     history = []
     for _ in range(16):
-        out = batch_loss(model, lisa.clip_processor, collate([sample(), sample()], lisa.tokenizer),
-                         lisa.tokenizer.seg_token_id)
+        out = batch_loss(model, model_batch(lisa, [sample(), sample()]), lisa.tokenizer.seg_token_id)
         out["loss"].backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -110,8 +109,20 @@ def test_batch_with_an_answer_without_masks(tiny_lisa):
     with_mask = Sample(image, [[("Where is the sink?", "Sure, it is [SEG].")]], np.ones((1, 32, 40), np.float32))
     text_only = Sample(image, [[("Why is it a kitchen?", "Because there is a sink.")]], np.zeros((0, 32, 40),
                                                                                               np.float32))
+    batch = model_batch(tiny_lisa, [with_mask, text_only])
+    assert batch["sam_pixels"][0].shape[-1] == tiny_lisa.model.sam.image_encoder.img_size
+    assert batch["sam_pixels"][1] is None and batch["image_sizes"] == [(32, 40), (32, 40)]  # SAM skips the 2nd
     with torch.no_grad():
-        out = batch_loss(tiny_lisa.model, tiny_lisa.clip_processor, collate([with_mask, text_only],
-                                                                            tiny_lisa.tokenizer),
-                         tiny_lisa.tokenizer.seg_token_id)
+        out = batch_loss(tiny_lisa.model, batch, tiny_lisa.tokenizer.seg_token_id)
     assert all(torch.isfinite(v) for v in out.values()) and out["bce"] > 0
+
+
+def test_seg_without_target_masks_is_refused(tiny_lisa):
+    image = np.full((32, 40, 3), 60, np.uint8)
+    unlabelled = Sample(image, [[("Where is the sink?", "Sure, it is [SEG].")]], np.zeros((0, 32, 40), np.float32))
+    with torch.no_grad(), pytest.raises(ValueError, match=r"1 \[SEG\] in the answers of image 0"):
+        batch_loss(tiny_lisa.model, model_batch(tiny_lisa, [unlabelled]), tiny_lisa.tokenizer.seg_token_id)
+
+
+def model_batch(lisa, samples):
+    return prepare_batch(samples, lisa.tokenizer, lisa.clip_processor, lisa.model.sam.image_encoder.img_size)

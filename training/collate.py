@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from lisa_core.preprocess import clip_pixels, sam_pixels
 from lisa_core.prompt import ASSISTANT, TURN_END, PromptTokenizer, conversation_prefixes
 
 IGNORE_INDEX = -100
@@ -67,3 +68,19 @@ def collate(samples: list[Sample], tokenizer: PromptTokenizer, max_length: int =
         "masks": [torch.as_tensor(s.masks, dtype=torch.float32) for s in samples],
         "ignore": [s.ignore for s in samples],
     }
+
+
+def prepare_batch(samples: list[Sample], tokenizer: PromptTokenizer, clip_processor, sam_size: int,
+                  max_length: int = 512, use_im_start_end: bool = True) -> dict:
+    """``collate`` plus every image's preprocessing, so a training step only runs the model (and DataLoader
+    workers do the rest): ``clip_pixels`` ``[n_images, 3, 224, 224]``; per image ``sam_pixels``
+    ``[1, 3, sam_size, sam_size]`` and its resized ``input_size`` (None for an image without target masks: SAM is
+    not run on it); ``image_sizes`` (H, W). The raw images are dropped."""
+    batch = collate(samples, tokenizer, max_length, use_im_start_end)
+    images = batch.pop("images")
+    sam = [sam_pixels(image, sam_size) if len(sample.masks) else (None, None)
+           for image, sample in zip(images, samples)]
+    batch.update(clip_pixels=torch.cat([clip_pixels(clip_processor, image) for image in images]),
+                 sam_pixels=[pixels for pixels, _ in sam], input_sizes=[size for _, size in sam],
+                 image_sizes=[tuple(image.shape[:2]) for image in images])
+    return batch

@@ -31,7 +31,7 @@ def load_trained(run_dir: str | Path, tag: str | None = None) -> tuple[Lisa, Tra
         raise FileNotFoundError(f"{run} is not a lisa-train run directory (no train_config.json)")
     config = TrainConfig(**json.loads(config_file.read_text()))
     lisa = load_model(config, "cpu")
-    module = TrainModule(add_lora(lisa.model, config), lisa.clip_processor, lisa.tokenizer.seg_token_id, None)
+    module = TrainModule(add_lora(lisa.model, config), lisa.tokenizer.seg_token_id, None)
     state = get_fp32_state_dict_from_zero_checkpoint(str(run / "checkpoints"), tag=tag)
     missing, unexpected = module.load_state_dict(state, strict=False)
     trained_missing = [k for k in missing if "lora_" in k or any(x in k for x in TRAINABLE)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 
 from lisa_core.model import LisaForCausalLM
-from lisa_core.preprocess import clip_pixels, sam_pixels
 from lisa_core.prompt import seg_hidden_positions, token_end_positions
 
 from .collate import IGNORE_INDEX
@@ -21,11 +20,12 @@ def expand_labels(labels: list[int], ids: list[int], n_patches: int) -> list[int
     return out
 
 
-def forward_batch(model: LisaForCausalLM, clip_processor, batch: dict, seg_token_id: int) -> dict:
-    """→ ``{"logits_ce": CE, "pred_masks": [per image ``[n, H, W]`` logits]}``."""
+def forward_batch(model: LisaForCausalLM, batch: dict, seg_token_id: int) -> dict:
+    """A ``collate.prepare_batch`` batch → ``{"ce": CE, "pred_masks": [per image ``[n, H, W]`` logits]}``."""
     device = model.model.embed_tokens.weight.device
-    features = [model.encode_clip(clip_pixels(clip_processor, image).to(device))[0] for image in batch["images"]]
-    owner = [i for i in range(len(batch["images"])) for _ in range(batch["offset"][i], batch["offset"][i + 1])]
+    features = model.encode_clip(batch["clip_pixels"].to(device))  # [n_images, patches, hidden]
+    n_images = len(batch["image_sizes"])
+    owner = [i for i in range(n_images) for _ in range(batch["offset"][i], batch["offset"][i + 1])]
     embeds, labels, ends = [], [], []
     for ids, target, image_index in zip(batch["input_ids"], batch["labels"], owner):
         n_patches = features[image_index].shape[0]
@@ -36,24 +36,26 @@ def forward_batch(model: LisaForCausalLM, clip_processor, batch: dict, seg_token
     hidden = model.model(inputs_embeds=torch.nn.utils.rnn.pad_sequence(embeds, True), attention_mask=mask,
                          use_cache=False).last_hidden_state
     ce = next_token_ce(model.lm_head(hidden), torch.nn.utils.rnn.pad_sequence(labels, True, IGNORE_INDEX))
-    seg_states = [[] for _ in batch["images"]]
+    seg_states = [[] for _ in range(n_images)]
     for row, (ids, image_index) in enumerate(zip(batch["input_ids"], owner)):
         positions = [ends[row][p] for p in seg_hidden_positions(ids, seg_token_id)]
         seg_states[image_index].append(hidden[row, positions])
     pred_masks = []
-    for image, states in zip(batch["images"], seg_states):
+    for i, states in enumerate(seg_states):
         states = torch.cat(states)
         if states.shape[0] == 0:  # e.g. an explanation-only answer: nothing to decode
-            pred_masks.append(hidden.new_zeros((0, *image.shape[:2]), dtype=torch.float32))
+            pred_masks.append(hidden.new_zeros((0, *batch["image_sizes"][i]), dtype=torch.float32))
             continue
-        pixels, input_size = sam_pixels(image, model.sam.image_encoder.img_size)
-        embedding = model.encode_sam(pixels.to(device))
-        logits, _ = model.decode_masks(embedding, model.seg_prompts(states), input_size, image.shape[:2])
+        if batch["sam_pixels"][i] is None:
+            raise ValueError(f"{states.shape[0]} [SEG] in the answers of image {i}, which has no target masks")
+        embedding = model.encode_sam(batch["sam_pixels"][i].to(device))
+        logits, _ = model.decode_masks(embedding, model.seg_prompts(states), batch["input_sizes"][i],
+                                       batch["image_sizes"][i])
         pred_masks.append(logits)
     return {"ce": ce, "pred_masks": pred_masks}
 
 
-def batch_loss(model, clip_processor, batch: dict, seg_token_id: int, weights: LossWeights = LossWeights()) -> dict:
-    out = forward_batch(model, clip_processor, batch, seg_token_id)
+def batch_loss(model, batch: dict, seg_token_id: int, weights: LossWeights = LossWeights()) -> dict:
+    out = forward_batch(model, batch, seg_token_id)
     gt = [m.to(out["pred_masks"][0].device) for m in batch["masks"]]
     return lisa_loss(out["ce"], out["pred_masks"], gt, weights)

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+from collections import Counter
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,8 @@ from tqdm.auto import tqdm
 
 from lisa_core import Lisa
 
-from .collate import collate
+from .collate import prepare_batch
+from .data import describe_skipped
 from .data.mix import Mixture
 from .evaluate import evaluate_items, validation_items
 from .forward import batch_loss
@@ -68,6 +70,8 @@ class TrainConfig:
     bce_weight: float = 2.0
     dice_weight: float = 0.5
     max_length: int = 512
+    workers: int = 4  # DataLoader processes that read and preprocess samples (the reference's --workers); at most
+    # one per CPU core this process may use; 0 = in the training process
     dataset_dir: str = "dataset"  # laid out as the reference's --dataset_dir; see training/data/mix.py
     # name → keyword arguments and ``weight`` (the reference's sample_rates 9,3,3,1)
     datasets: dict = field(default_factory=lambda: {
@@ -105,21 +109,57 @@ class TrainConfig:
 class TrainModule(torch.nn.Module):
     """What DeepSpeed drives: the (LoRA-wrapped) LISA and a forward that returns the loss terms."""
 
-    def __init__(self, peft_model, clip_processor, seg_token_id: int, weights: LossWeights):
+    def __init__(self, peft_model, seg_token_id: int, weights: LossWeights):
         super().__init__()
         self.peft_model = peft_model
-        self.clip_processor, self.seg_token_id, self.weights = clip_processor, seg_token_id, weights
+        self.seg_token_id, self.weights = seg_token_id, weights
 
     @property
     def lisa_model(self):
         return self.peft_model.get_base_model()
 
     def forward(self, batch: dict) -> dict:
-        return batch_loss(self.lisa_model, self.clip_processor, batch, self.seg_token_id, self.weights)
+        return batch_loss(self.lisa_model, batch, self.seg_token_id, self.weights)
 
     def engine(self, lisa: Lisa) -> Lisa:
         """An inference engine on the weights being trained (shared, not copied), with ``lisa``'s tokenizer."""
         return Lisa(self.lisa_model, lisa.tokenizer, lisa.clip_processor, lisa.device)
+
+
+class MicroBatches(torch.utils.data.Dataset):
+    """Item ``j``: this rank's ``j``-th micro-batch from stream position ``first`` on, ready for the model
+    (``prepare_batch``). Rank r of w takes stream samples r, r + w, r + 2w, …, so no two ranks train on the same
+    sample and a resumed run continues the same order. Each batch also carries the skip counts of the process that
+    built it (``skipped``, per source, since that process started; ``worker``: its DataLoader id, -1 = this one)."""
+
+    def __init__(self, data: Mixture, first: int, count: int, config: TrainConfig, lisa: Lisa):
+        self.data, self.first, self.count, self.config = data, first, count, config
+        self.tokenizer, self.clip_processor = lisa.tokenizer, lisa.clip_processor
+        self.sam_size = lisa.model.sam.image_encoder.img_size
+        self.use_im_start_end = bool(lisa.model.config.mm_use_im_start_end)
+        self.rank, self.world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, j: int) -> dict:
+        start = self.first + j * self.config.micro_batch
+        samples = [self.data[(start + i) * self.world + self.rank] for i in range(self.config.micro_batch)]
+        batch = prepare_batch(samples, self.tokenizer, self.clip_processor, self.sam_size, self.config.max_length,
+                              self.use_im_start_end)
+        worker = torch.utils.data.get_worker_info()
+        return {**batch, "skipped": self.data.skipped_counts(), "worker": -1 if worker is None else worker.id}
+
+
+def _as_is(batch: dict) -> dict:  # the DataLoader's default would turn numpy arrays into tensors
+    return batch
+
+
+def _worker_ignores_stop_signals(worker_id: int) -> None:
+    """A Ctrl-C or a scheduler's SIGTERM reaches the DataLoader workers too; they must outlive it so the trainer
+    can finish its step and checkpoint (it shuts them down afterwards)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def add_lora(model, config: TrainConfig):
@@ -260,13 +300,13 @@ def _train(config: TrainConfig, max_steps: int | None, deadline: float | None, s
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    rank = torch.distributed.get_rank()
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if on_gpu else "cpu"
     if on_gpu:
         torch.cuda.set_device(device)
     lisa = load_model(config, device)
     peft_model = add_lora(lisa.model, config)
-    module = TrainModule(peft_model, lisa.clip_processor, lisa.tokenizer.seg_token_id,
+    module = TrainModule(peft_model, lisa.tokenizer.seg_token_id,
                          LossWeights(config.ce_weight, config.bce_weight, config.dice_weight))
     engine, _, _, scheduler = deepspeed.initialize(
         model=module, model_parameters=[p for p in module.parameters() if p.requires_grad],
@@ -278,7 +318,6 @@ def _train(config: TrainConfig, max_steps: int | None, deadline: float | None, s
         samples_seen, best = state["samples_seen"], state["best"]
         log.info("resumed at step %d (%d samples seen)", engine.global_steps, samples_seen)
     data = Mixture(config.datasets, config.seed, config.dataset_dir)
-    use_im_start_end = bool(lisa.model.config.mm_use_im_start_end)
     lisa_view = module.engine(lisa)
     metrics_file = out / "metrics.csv"
     fields = ["step", "samples", "lr", "loss", "ce", "bce", "dice", "giou", "ciou", "seconds"]
@@ -286,11 +325,17 @@ def _train(config: TrainConfig, max_steps: int | None, deadline: float | None, s
     rows = [r for r in rows if int(r["step"]) <= engine.global_steps]
     last_steps = min(config.total_steps, max_steps or config.total_steps)
     bar = tqdm(total=last_steps, initial=engine.global_steps, desc="training", unit="step", disable=None)
-    start, running = time.time(), []
-    while engine.global_steps < last_steps:
-        # rank r of w takes stream samples r, r + w, r + 2w, …: no two ranks train on the same sample
-        batch = collate([data[(samples_seen + i) * world + rank] for i in range(config.micro_batch)], lisa.tokenizer,
-                        config.max_length, use_im_start_end)
+    start, running, skipped = time.time(), [], {}
+    micro_batches = MicroBatches(data, samples_seen, (last_steps - engine.global_steps) * config.grad_accum,
+                                 config, lisa)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    loader = torch.utils.data.DataLoader(micro_batches, batch_size=None, collate_fn=_as_is,
+                                         num_workers=min(config.workers, cores),
+                                         worker_init_fn=_worker_ignores_stop_signals)
+    for batch in loader:
+        if engine.global_steps >= last_steps:  # a deadline or a signal moved the end forward
+            break
+        skipped[batch.pop("worker")] = batch.pop("skipped")
         samples_seen += config.micro_batch
         engine.train()
         terms = engine(batch)
@@ -329,8 +374,10 @@ def _train(config: TrainConfig, max_steps: int | None, deadline: float | None, s
                     writer.writerows({k: r.get(k, "") for k in fields} for r in rows)
                 plot_curves(rows, out / "curves.png")
     bar.close()
-    for name, skipped in data.summary().items():
-        log.info("%s: skipped samples: %s", name, skipped)
+    del loader  # stops its workers
+    for name in data.sources:
+        log.info("%s: skipped samples: %s", name,
+                 describe_skipped(sum((counts.get(name, Counter()) for counts in skipped.values()), Counter())))
     final = {"step": engine.global_steps, "samples_seen": samples_seen, "best": best,
              "last": rows[-1] if rows else {}}
     if rank == 0:

@@ -5,6 +5,11 @@ from abc import ABC, abstractmethod
 from collections import Counter
 
 
+def describe_skipped(skipped: Counter) -> str:
+    """``Counter(reason → n)`` → "3 × unreadable image, 1 × empty mask" (or "none")."""
+    return ", ".join(f"{n} × {why}" for why, n in skipped.items()) or "none"
+
+
 class SkippingDataset(ABC):
     """Items that may turn out unusable (missing file, unreadable image, bad annotation): ``load_item`` returns None
     for those after counting why in ``skipped``, and indexing moves on to the next usable item instead of failing."""
@@ -17,7 +22,7 @@ class SkippingDataset(ABC):
         return len(self.items)
 
     def summary(self) -> str:
-        return ", ".join(f"{n} × {why}" for why, n in self.skipped.items()) or "none"
+        return describe_skipped(self.skipped)
 
     @abstractmethod
     def load_item(self, item, index: int):

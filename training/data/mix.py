@@ -14,6 +14,7 @@ An entry's other keys are the dataset's keyword arguments; ``weight`` is its sha
 from __future__ import annotations
 
 import random
+from collections import Counter
 from pathlib import Path
 
 
@@ -71,6 +72,6 @@ class Mixture:
         dataset = rng.choices(list(self.sources.values()), self.weights)[0]
         return dataset[rng.randrange(len(dataset))]
 
-    def summary(self) -> dict[str, str]:
-        """Per source, the samples skipped so far and why."""
-        return {name: source.summary() for name, source in self.sources.items() if hasattr(source, "summary")}
+    def skipped_counts(self) -> dict[str, Counter]:
+        """Per source, the samples this process has skipped so far, by reason."""
+        return {name: Counter(source.skipped) for name, source in self.sources.items() if hasattr(source, "skipped")}
