@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import threading
-from collections import Counter
+from collections import Counter, defaultdict
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,26 +129,35 @@ class TrainModule(torch.nn.Module):
 class MicroBatches(torch.utils.data.Dataset):
     """Item ``j``: this rank's ``j``-th micro-batch from stream position ``first`` on, ready for the model
     (``prepare_batch``). Rank r of w takes stream samples r, r + w, r + 2w, …, so no two ranks train on the same
-    sample and a resumed run continues the same order. Each batch also carries the skip counts of the process that
-    built it (``skipped``, per source, since that process started; ``worker``: its DataLoader id, -1 = this one)."""
+    sample and a resumed run continues the same order. Each batch also carries, per source, the samples skipped
+    while building it (``skipped``): DataLoader workers count in their own processes."""
 
-    def __init__(self, data: Mixture, first: int, count: int, config: TrainConfig, lisa: Lisa):
+    def __init__(self, data: Mixture, first: int, count: int, config: TrainConfig, lisa: Lisa, rank: int = 0,
+                 world: int = 1):
         self.data, self.first, self.count, self.config = data, first, count, config
         self.tokenizer, self.clip_processor = lisa.tokenizer, lisa.clip_processor
         self.sam_size = lisa.model.sam.image_encoder.img_size
         self.use_im_start_end = bool(lisa.model.config.mm_use_im_start_end)
-        self.rank, self.world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
         return self.count
 
     def __getitem__(self, j: int) -> dict:
         start = self.first + j * self.config.micro_batch
+        before = self.data.skipped_counts()
         samples = [self.data[(start + i) * self.world + self.rank] for i in range(self.config.micro_batch)]
         batch = prepare_batch(samples, self.tokenizer, self.clip_processor, self.sam_size, self.config.max_length,
                               self.use_im_start_end)
-        worker = torch.utils.data.get_worker_info()
-        return {**batch, "skipped": self.data.skipped_counts(), "worker": -1 if worker is None else worker.id}
+        skipped = {name: counts - before[name] for name, counts in self.data.skipped_counts().items()}
+        return {**batch, "skipped": skipped}
+
+
+def micro_batch_loader(micro_batches: MicroBatches, workers: int) -> torch.utils.data.DataLoader:
+    """``workers`` processes (at most one per core this process may use; 0: in this process) build the batches."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return torch.utils.data.DataLoader(micro_batches, batch_size=None, collate_fn=_as_is,
+                                       num_workers=min(workers, cores), worker_init_fn=_worker_ignores_stop_signals)
 
 
 def _as_is(batch: dict) -> dict:  # the DataLoader's default would turn numpy arrays into tensors
@@ -325,17 +334,15 @@ def _train(config: TrainConfig, max_steps: int | None, deadline: float | None, s
     rows = [r for r in rows if int(r["step"]) <= engine.global_steps]
     last_steps = min(config.total_steps, max_steps or config.total_steps)
     bar = tqdm(total=last_steps, initial=engine.global_steps, desc="training", unit="step", disable=None)
-    start, running, skipped = time.time(), [], {}
+    start, running, skipped = time.time(), [], defaultdict(Counter)
     micro_batches = MicroBatches(data, samples_seen, (last_steps - engine.global_steps) * config.grad_accum,
-                                 config, lisa)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    loader = torch.utils.data.DataLoader(micro_batches, batch_size=None, collate_fn=_as_is,
-                                         num_workers=min(config.workers, cores),
-                                         worker_init_fn=_worker_ignores_stop_signals)
+                                 config, lisa, rank, torch.distributed.get_world_size())
+    loader = micro_batch_loader(micro_batches, config.workers)
     for batch in loader:
         if engine.global_steps >= last_steps:  # a deadline or a signal moved the end forward
             break
-        skipped[batch.pop("worker")] = batch.pop("skipped")
+        for name, counts in batch.pop("skipped").items():
+            skipped[name] += counts
         samples_seen += config.micro_batch
         engine.train()
         terms = engine(batch)
@@ -376,8 +383,7 @@ def _train(config: TrainConfig, max_steps: int | None, deadline: float | None, s
     bar.close()
     del loader  # stops its workers
     for name in data.sources:
-        log.info("%s: skipped samples: %s", name,
-                 describe_skipped(sum((counts.get(name, Counter()) for counts in skipped.values()), Counter())))
+        log.info("%s: skipped samples: %s", name, describe_skipped(skipped[name]))
     final = {"step": engine.global_steps, "samples_seen": samples_seen, "best": best,
              "last": rows[-1] if rows else {}}
     if rank == 0:
