@@ -16,8 +16,8 @@ import os
 import signal
 import sys
 import threading
-from collections import Counter, defaultdict
 import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
