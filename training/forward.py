@@ -1,4 +1,4 @@
-"""One training/evaluation forward of LISA on a collated batch: the LLM over every conversation (image features
+"""One training forward of LISA on a ``collate.prepare_batch`` batch: the LLM over every conversation (image features
 spliced in, right-padded), next-token CE on the answers, and one mask per ``[SEG]`` from the hidden state of the
 token before it — the same position rule and mask decoder the inference engine uses."""
 from __future__ import annotations
