@@ -90,7 +90,8 @@ def test_polygons_as_the_coco_toolkit_rasterises_them():
     assert annotation_mask([[-5, -5, 10, -5, 10, 10, -5, 10]], H, W).sum() == 100  # clipped to the image
     assert annotation_mask([[0, 0, 20, 0, 0, 20]], H, W).sum() == 190  # pycocotools gives 190 for this triangle
     assert annotation_mask(OUTSIDE, H, W).sum() == 0 and annotation_mask([], H, W).sum() == 0
-    assert annotation_mask([[1, 1, 9, 9]], H, W).sum() == 0  # under 3 points: no area
+    with pytest.raises(ValueError, match="refuses"):  # 4 numbers: pycocotools takes them for a box, refused in a list
+        annotation_mask([[1, 1, 9, 9]], H, W)
     assert sum(polygon_counts([5, 5, 5, 5, 25, 5, 25, 25, 5, 25], H, W)) == H * W  # a repeated point is harmless
     with pytest.raises(ValueError, match="unknown"):
         annotation_mask(["nope"], H, W)

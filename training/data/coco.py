@@ -1,6 +1,7 @@
-"""COCO-style annotations, decoded as the COCO toolkit does (``pycocotools`` is not a dependency): polygons
-rasterised as its ``rleFrPoly`` does, RLE counts uncompressed (list) or compressed (string); the parts of one
-annotation are united. Also ``Interleaved``, the source-uniform item order the referring and semantic readers share.
+"""COCO-style annotations decoded by the COCO toolkit (``pycocotools``), as the reference decodes them: polygons
+rasterised by its ``frPyObjects``, RLE counts uncompressed (list) or compressed (string); the parts of one annotation
+are united (its ``merge``, as ``COCO.annToMask`` does). Also ``Interleaved``, the source-uniform item order the
+referring and semantic readers share.
 """
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
+from pycocotools import mask as coco_mask
 
 
 # --- COCO masks ------------------------------------------------------------------------------------------------
@@ -15,7 +17,8 @@ import numpy as np
 def rle_counts_from_string(text: str | bytes) -> list[int]:
     """Run lengths of COCO's compressed RLE string: each count in 5-bit groups, least significant first, one
     character (``chr(48 + group)``, bit 0x20 = more groups follow, bit 0x10 of the last = negative); from the
-    fourth count on, the value is a difference to the count two places back."""
+    fourth count on, the value is a difference to the count two places back. Read only to check that the counts
+    cover the image: pycocotools leaves the pixels after too short a list uninitialised."""
     if isinstance(text, bytes):
         text = text.decode("ascii")
     counts: list[int] = []
@@ -38,82 +41,54 @@ def rle_counts_from_string(text: str | bytes) -> list[int]:
     return counts
 
 
+def checked_rle(rle: dict, height: int, width: int) -> dict:
+    """``rle`` (``{"size": [h, w], "counts": list or str}``) as a compressed RLE for pycocotools, once its size is
+    the image's and its counts, none negative, cover its h·w pixels exactly. Raises ValueError otherwise."""
+    if list(rle["size"]) != [height, width]:
+        raise ValueError(f"RLE size {rle['size']} differs from the image's {height}×{width}")
+    counts = rle["counts"]
+    parsed = rle_counts_from_string(counts) if isinstance(counts, (str, bytes)) else list(counts)
+    if any(c < 0 for c in parsed) or sum(parsed) != height * width:
+        raise ValueError(f"RLE counts sum to {sum(parsed)}, not {height}×{width} pixels (or one is negative)")
+    if isinstance(counts, (str, bytes)):
+        return {"size": [height, width], "counts": counts}
+    return coco_mask.frPyObjects({"size": [height, width], "counts": parsed}, height, width)
+
+
 def rle_decode(counts: Sequence[int], height: int, width: int) -> np.ndarray:
     """H×W bool of run lengths that alternate background/foreground from the top-left pixel, column by column."""
-    counts = np.asarray(counts, np.int64)
-    if (counts < 0).any() or counts.sum() != height * width:
-        raise ValueError(f"RLE counts sum to {counts.sum()}, not {height}×{width} pixels")
-    flat = np.repeat(np.arange(len(counts)) % 2 == 1, counts)
-    return flat.reshape(width, height).T
+    return coco_mask.decode(checked_rle({"size": [height, width], "counts": list(counts)}, height, width)) > 0
 
 
 def polygon_counts(xy: Sequence[float], height: int, width: int) -> list[int]:
-    """Run lengths of one polygon ``[x0, y0, x1, y1, …]`` rasterised as the COCO toolkit's ``rleFrPoly`` does, so
-    masks match pycocotools pixel for pixel: the outline is traced on a 5× finer grid, each of its crossings of a
-    pixel-column centre gives a run boundary at the first row below it."""
-    scale = 5
-    points = np.asarray(xy, np.float64).reshape(-1, 2)
-    fine = np.trunc(scale * points + 0.5).astype(np.int64)  # C's (int) truncates toward zero
-    fine = np.vstack([fine, fine[:1]])
-    us, vs = [], []
-    for (xs, ys), (xe, ye) in zip(fine[:-1].tolist(), fine[1:].tolist()):
-        dx, dy = abs(xe - xs), abs(ye - ys)
-        if dx == dy == 0:
-            continue  # a repeated point: its neighbours share its column, so it never bounds a run
-        flip = (dx >= dy and xs > xe) or (dx < dy and ys > ye)
-        if flip:
-            xs, xe, ys, ye = xe, xs, ye, ys
-        steps = np.arange(max(dx, dy) + 1)
-        t = max(dx, dy) - steps if flip else steps
-        if dx >= dy:
-            us.append(xs + t)
-            vs.append(np.trunc(ys + (ye - ys) / dx * t + 0.5).astype(np.int64))
-        else:
-            vs.append(ys + t)
-            us.append(np.trunc(xs + (xe - xs) / dy * t + 0.5).astype(np.int64))
-    if not us:
-        return [height * width]
-    u, v = np.concatenate(us), np.concatenate(vs)
-    step = np.flatnonzero(u[1:] != u[:-1]) + 1
-    column = (np.where(u[step] < u[step - 1], u[step], u[step] - 1) + 0.5) / scale - 0.5
-    row = (np.minimum(v[step], v[step - 1]) + 0.5) / scale - 0.5
-    keep = (np.floor(column) == column) & (column >= 0) & (column <= width - 1)
-    row = np.ceil(np.clip(row[keep], 0, height))
-    boundaries = np.sort(np.append(column[keep] * height + row, height * width).astype(np.int64))
-    gaps = np.diff(boundaries, prepend=0).tolist()
-    counts, j = [gaps[0]], 1
-    while j < len(gaps):  # two crossings at one place cancel: their zero run joins its neighbours
-        if gaps[j] > 0:
-            counts.append(gaps[j])
-            j += 1
-        else:
-            if j + 1 < len(gaps):
-                counts[-1] += gaps[j + 1]
-            j += 2
-    return counts
+    """Run lengths of one polygon ``[x0, y0, x1, y1, …]`` as pycocotools rasterises it."""
+    return rle_counts_from_string(coco_mask.frPyObjects([list(xy)], height, width)[0]["counts"])
+
+
+def annotation_rle(segmentation, height: int, width: int) -> dict | None:
+    """The compressed RLE of a COCO ``segmentation`` as ``COCO.annToRLE`` gives it: polygons ``[[x, y, …], …]``
+    through ``frPyObjects`` (a trailing odd coordinate is dropped, a first polygon of 4 numbers is refused as
+    pycocotools takes it for a box), one RLE ``{"size": [h, w], "counts": …}`` or a list of them; the parts
+    merged. None for no part at all. Raises ValueError for anything pycocotools refuses or an RLE that does not
+    fit the image."""
+    parts = segmentation if isinstance(segmentation, list) else [segmentation]
+    if not parts:
+        return None
+    if all(isinstance(part, dict) for part in parts):
+        rles = [checked_rle(part, height, width) for part in parts]
+    else:
+        try:
+            rles = coco_mask.frPyObjects(parts, height, width)
+        except Exception as err:  # pycocotools raises bare Exception, TypeError, IndexError…
+            raise ValueError(f"unknown segmentation, pycocotools refuses it ({type(err).__name__}: {err})") from err
+    return coco_mask.merge(rles)
 
 
 def annotation_mask(segmentation, height: int, width: int) -> np.ndarray:
-    """H×W bool, the union of a COCO ``segmentation``: polygons ``[[x, y, …], …]``, or one RLE ``{"size": [h, w],
-    "counts": …}`` or a list of them, counts as a list (uncompressed) or a string (compressed). A polygon of
-    fewer than 3 points has no area and adds nothing. Raises ValueError for anything else."""
-    parts = segmentation if isinstance(segmentation, list) else [segmentation]
-    mask = np.zeros((height, width), bool)
-    for part in parts:
-        if isinstance(part, dict):
-            rle_height, rle_width = part["size"]
-            if (rle_height, rle_width) != (height, width):
-                raise ValueError(f"RLE size {part['size']} differs from the image's {height}×{width}")
-            counts = part["counts"]
-            counts = rle_counts_from_string(counts) if isinstance(counts, (str, bytes)) else counts
-        elif isinstance(part, list) and all(isinstance(c, (int, float)) for c in part):
-            if len(part) < 6:
-                continue
-            counts = polygon_counts(part, height, width)
-        else:
-            raise ValueError(f"unknown segmentation part {type(part).__name__}")
-        mask |= rle_decode(counts, height, width)
-    return mask
+    """H×W bool, the union of a COCO ``segmentation`` (see ``annotation_rle``; no part: all False). Raises
+    ValueError for a segmentation pycocotools refuses or an RLE that does not fit the image."""
+    rle = annotation_rle(segmentation, height, width)
+    return np.zeros((height, width), bool) if rle is None else coco_mask.decode(rle) > 0
 
 
 def counted_mask(annotation: dict, info: dict, skipped: Counter) -> np.ndarray | None:

@@ -27,8 +27,86 @@ def read_annotation(path: Path) -> dict:
         return json.loads(path.read_text(encoding="cp1252"))
 
 
+def _sift(order: list[int], values: list, base: int, moving: int, i: int, n: int) -> None:
+    """Heapsort's sift-down of ``moving`` from 1-based slot ``i`` of the heap ``order[base + 1 : base + n + 1]``."""
+    j = 2 * i
+    while j <= n:
+        if j < n and values[order[base + j]] < values[order[base + j + 1]]:
+            j += 1
+        if not values[moving] < values[order[base + j]]:
+            break
+        order[base + i], i, j = order[base + j], j, 2 * j
+    order[base + i] = moving
+
+
+def _heapsort(order: list[int], values: list, first: int, last: int) -> None:
+    base, n = first - 1, last - first + 1
+    for i in range(n // 2, 0, -1):
+        _sift(order, values, base, order[base + i], i, n)
+    for n in range(n, 1, -1):
+        moving, order[base + n] = order[base + n], order[base + 1]
+        _sift(order, values, base, moving, 1, n - 1)
+
+
+def _partition(order: list[int], values: list, first: int, last: int) -> int:
+    """Median-of-three quicksort partition of ``order[first : last + 1]``; the pivot's final slot."""
+    def swap(i, j):
+        order[i], order[j] = order[j], order[i]
+
+    middle = first + (last - first) // 2
+    for i, j in ((middle, first), (last, middle), (middle, first)):
+        if values[order[i]] < values[order[j]]:
+            swap(i, j)
+    pivot = values[order[middle]]
+    swap(middle, last - 1)
+    i, j = first, last - 1
+    while True:
+        i += 1
+        while values[order[i]] < pivot:
+            i += 1
+        j -= 1
+        while pivot < values[order[j]]:
+            j -= 1
+        if i >= j:
+            break
+        swap(i, j)
+    swap(i, last - 1)
+    return i
+
+
+def argsort_numpy_124(values: list) -> list[int]:
+    """Indices sorting ``values`` ascending, equal values in the order numpy 1.24's ``np.argsort`` (the reference's
+    pin; its introsort) leaves them: insertion sort of up to 16 items (ties kept in order), median-of-three
+    partitions above, heapsort past the depth limit. Later numpy sorts ties differently (SIMD sorts)."""
+    order = list(range(len(values)))
+    pending = [(0, len(order) - 1, 2 * max(len(order).bit_length() - 1, 0))]
+    while pending:
+        first, last, depth = pending.pop()
+        if depth < 0:
+            _heapsort(order, values, first, last)
+            continue
+        while last - first > 15:
+            pivot = _partition(order, values, first, last)
+            depth -= 1
+            if pivot - first < last - pivot:
+                pending.append((pivot + 1, last, depth))
+                last = pivot - 1
+            else:
+                pending.append((first, pivot - 1, depth))
+                first = pivot + 1
+        for i in range(first + 1, last + 1):
+            moving, j = order[i], i
+            while j > first and values[moving] < values[order[j - 1]]:
+                order[j] = order[j - 1]
+                j -= 1
+            order[j] = moving
+    return order
+
+
 def mask_from_shapes(shapes: list[dict], height: int, width: int) -> np.ndarray:
-    """H×W uint8: 1 target, 255 ignore, 0 background; larger polygons first so smaller ones stay on top."""
+    """H×W uint8: 1 target, 255 ignore, 0 background, drawn as the reference draws them (OpenCV outline then fill
+    of the points truncated to int32): by pixel area, largest first so smaller ones stay on top, equal areas in the
+    order of the reference's ``np.argsort(areas)[::-1]`` under numpy 1.24 (up to 16 shapes: later shape first)."""
     polygons = []
     for shape in shapes:
         if shape["label"].lower() == "flag":
@@ -41,7 +119,8 @@ def mask_from_shapes(shapes: list[dict], height: int, width: int) -> np.ndarray:
             raise ValueError("polygon lies outside the image")
         polygons.append((int(area.sum()), points, IGNORE if "ignore" in shape["label"].lower() else 1))
     mask = np.zeros((height, width), np.uint8)
-    for _, points, value in sorted(polygons, key=lambda p: -p[0]):
+    for k in reversed(argsort_numpy_124([area for area, _, _ in polygons])):
+        _, points, value = polygons[k]
         cv2.polylines(mask, points, True, value, 1)
         cv2.fillPoly(mask, points, value)
     return mask

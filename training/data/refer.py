@@ -10,7 +10,8 @@ uniformly, one of its images, up to ``num_classes_per_sample`` of the image's re
 a short-question template and answered from ``ANSWERS``, one mask per sentence. ``refer_val_items`` gives the
 reference's validation items: every sentence of every ref of a split.
 
-Masks are decoded by ``coco.annotation_mask`` (polygons and RLE, as the COCO toolkit does).
+Masks are decoded by ``coco.annotation_mask`` (pycocotools, as the reference): the union of an annotation's
+parts. The reference sums them instead, which differs only where two of its polygons overlap (2 there).
 """
 from __future__ import annotations
 
