@@ -44,14 +44,14 @@ CORPUS = [
 LISA_ONLY_CONFIG_FIELDS = ("out_dim", "train_mask_decoder", "vision_tower", "pretrain_mm_mlp_adapter")
 
 
-def train_tokenizer(out: Path, vocab_size: int = 400, added_tokens=ADDED_TOKENS) -> None:
-    """Train a LLaMA-style SentencePiece BPE model on ``CORPUS`` and write the slow-tokenizer files, with
-    ``added_tokens`` (if any) after the SentencePiece pieces."""
+def train_tokenizer(out: Path, vocab_size: int = 400, added_tokens=ADDED_TOKENS, corpus: tuple[str, ...] = ()) -> None:
+    """Train a LLaMA-style SentencePiece BPE model on ``CORPUS`` (plus ``corpus``) and write the slow-tokenizer
+    files, with ``added_tokens`` (if any) after the SentencePiece pieces."""
     import sentencepiece as spm
 
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS * 4), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        sentence_iterator=iter(CORPUS * 4 + list(corpus)), model_writer=model, vocab_size=vocab_size, model_type="bpe",
         byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, normalization_rule_name="identity",
         remove_extra_whitespaces=False, split_digits=True, add_dummy_prefix=True, hard_vocab_limit=False,
         minloglevel=2,
@@ -86,17 +86,28 @@ def tiny_config(vocab_size: int, clip_hidden: int, sam: SamSpec, hidden_size: in
     )
 
 
-def tiny_sam_spec(img_size: int = 256) -> SamSpec:
-    return SamSpec(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=[1], window_size=8, img_size=img_size)
+def tiny_sam_spec(img_size: int = 256, embed_dim: int = 32, depth: int = 2, num_heads: int = 2) -> SamSpec:
+    return SamSpec(embed_dim=embed_dim, depth=depth, num_heads=num_heads, global_attn_indexes=[depth - 1],
+                   window_size=8, img_size=img_size)
 
 
-def save_tiny_clip(out: Path, patch_size: int = 14):
+# Other tiny shapes in the same layout. "rooms": the embedded trained model lisa-tiny-rooms starts from this.
+SHAPES = {
+    "default": {},
+    "rooms": {"clip_patch_size": 56, "clip_hidden": 64, "vocab_size": 1000, "sam": {"embed_dim": 96, "depth": 4,
+                                                                                     "num_heads": 4},
+              "llm": {"hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4}},
+}
+
+
+def save_tiny_clip(out: Path, patch_size: int = 14, hidden_size: int = 32):
     """A random tiny CLIP vision tower (+ processor config) in ``out/clip_vision``; returns the model.
     ``patch_size`` 14 gives CLIP-L/14's 16×16 = 256 image tokens; a larger patch gives fewer (e.g. 56: 4×4)."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     clip = CLIPVisionModel(CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=224,
+        hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=3, num_attention_heads=2,
+        image_size=224,
         patch_size=patch_size, projection_dim=32, hidden_act="quick_gelu",
     ))
     clip.save_pretrained(str(out / CLIP_DIR))
@@ -105,24 +116,29 @@ def save_tiny_clip(out: Path, patch_size: int = 14):
 
 
 def make_tiny(out_dir: str | Path, seed: int = 0, sam_img_size: int = 256, clip_patch_size: int = 14,
-              llm: dict | None = None, vocab_size: int = 400) -> Path:
+              llm: dict | None = None, vocab_size: int = 400, sam: dict | None = None, clip_hidden: int = 32,
+              corpus: tuple[str, ...] = (), seg_likely: bool = True) -> Path:
     """Write the tiny checkpoint to ``out_dir`` and return its path. The defaults give the same files every time
-    (tests rely on it); ``clip_patch_size`` (image tokens = (224 / patch)²) and ``llm`` (``tiny_config`` keywords:
-    ``hidden_size``, ``intermediate_size``, ``num_hidden_layers``, ``num_attention_heads``, ``initializer_range``)
-    and ``vocab_size`` (SentencePiece pieces; 800 gives whole words for the corpus) make other tiny shapes in the
-    same layout (the training benchmark uses them)."""
+    (tests rely on it); ``clip_patch_size`` (image tokens = (224 / patch)²), ``clip_hidden``, ``llm``
+    (``tiny_config`` keywords: ``hidden_size``, ``intermediate_size``, ``num_hidden_layers``,
+    ``num_attention_heads``, ``initializer_range``), ``sam`` (``tiny_sam_spec`` keywords: ``embed_dim``, ``depth``,
+    ``num_heads``), ``vocab_size`` (SentencePiece pieces; 800 gives whole words for the built-in corpus) and
+    ``corpus`` (more tokenizer training text) make other tiny shapes in the same layout (``SHAPES``).
+    ``seg_likely`` makes the untrained model emit ``[SEG]`` (see ``make_seg_likely``); a start for training
+    needs no such tweak."""
     from transformers import AutoTokenizer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    train_tokenizer(out, vocab_size)
+    train_tokenizer(out, vocab_size, corpus=corpus)
     tokenizer = AutoTokenizer.from_pretrained(str(out))
-    clip = save_tiny_clip(out, clip_patch_size)
-    model = LisaForCausalLM(tiny_config(len(tokenizer), clip.config.hidden_size, tiny_sam_spec(sam_img_size),
-                                        **(llm or {})))
+    clip = save_tiny_clip(out, clip_patch_size, clip_hidden)
+    model = LisaForCausalLM(tiny_config(len(tokenizer), clip.config.hidden_size,
+                                        tiny_sam_spec(sam_img_size, **(sam or {})), **(llm or {})))
     save_checkpoint(model, out, out)
-    make_seg_likely(out)
+    if seg_likely:
+        make_seg_likely(out)
     return out
 
 
@@ -181,8 +197,15 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed for the weights (default 0)")
     parser.add_argument("--sam-img-size", type=int, default=256,
                         help="SAM encoder input size; 1024 is the real size, 256 keeps tests fast (default 256)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="default",
+                        help="network sizes: 'default' (tests), 'rooms' (the start of the embedded lisa-tiny-rooms)")
+    parser.add_argument("--corpus", help="a text file (one sentence a line) the tokenizer is trained on as well")
+    parser.add_argument("--untouched", action="store_true",
+                        help="keep the random [SEG] row as drawn (for a start of training)")
     args = parser.parse_args(argv)
-    print(make_tiny(args.out_dir, args.seed, args.sam_img_size))
+    corpus = tuple(Path(args.corpus).read_text().splitlines()) if args.corpus else ()
+    print(make_tiny(args.out_dir, args.seed, args.sam_img_size, corpus=corpus, seg_likely=not args.untouched,
+                    **SHAPES[args.shape]))
 
 
 if __name__ == "__main__":

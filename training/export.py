@@ -16,7 +16,7 @@ from lisa_core import Lisa
 from lisa_core.adapters import TRAINED_WEIGHTS
 from lisa_core.checkpoint import resolve_checkpoint, save_checkpoint
 
-from .train import TRAINABLE, TrainConfig, TrainModule, add_lora, load_model
+from .train import TrainConfig, TrainModule, add_lora, load_model
 
 ADAPTER_EXTRA = TRAINED_WEIGHTS
 
@@ -34,7 +34,7 @@ def load_trained(run_dir: str | Path, tag: str | None = None) -> tuple[Lisa, Tra
     module = TrainModule(add_lora(lisa.model, config), lisa.tokenizer.seg_token_id, None)
     state = get_fp32_state_dict_from_zero_checkpoint(str(run / "checkpoints"), tag=tag)
     missing, unexpected = module.load_state_dict(state, strict=False)
-    trained_missing = [k for k in missing if "lora_" in k or any(x in k for x in TRAINABLE)]
+    trained_missing = [k for k in missing if "lora_" in k or any(x in k for x in config.trainable)]
     if trained_missing or unexpected:
         raise RuntimeError(f"checkpoint does not fit the run's model: missing {trained_missing[:5]}, "
                            f"unexpected {unexpected[:5]}")

@@ -22,3 +22,20 @@ ANSWERS = (
     "Sure, the segmentation result is [SEG].",
     "[SEG].",
 )
+
+# Beyond the paper: answers that name what they segment (so the reply text is learned as well as the mask), the
+# questions users type without the mask request, and follow-up turns of a conversation.
+NAMED_ANSWERS = (
+    "It is the {class_name} [SEG].",
+    "Sure, it is the {class_name} [SEG].",
+    "Sure, the {class_name} [SEG].",
+)
+PLAIN_NAME_QUESTIONS = (
+    "Where is the {class_name}?",
+    "Can you show me the {class_name}?",
+)
+FOLLOWUP_NAME_QUESTIONS = (
+    "And the {class_name}?",
+    "What about the {class_name}?",
+)
+FOLLOWUP_USE_PREFIX = "And "

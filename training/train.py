@@ -66,6 +66,9 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    # parameters trained besides the LoRA (name substrings); the paper's set by default. Training from a random
+    # init adds e.g. "image_encoder" (SAM's) and "model.layers" / "model.norm" (the whole LLM)
+    trainable: tuple[str, ...] = TRAINABLE
     ce_weight: float = 1.0
     bce_weight: float = 2.0
     dice_weight: float = 0.5
@@ -85,7 +88,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):  # YAML and JSON give lists
-        self.betas, self.lora_targets = tuple(self.betas), tuple(self.lora_targets)
+        self.betas, self.lora_targets, self.trainable = tuple(self.betas), tuple(self.lora_targets), tuple(self.trainable)
 
     @classmethod
     def load(cls, path: str | None, overrides: list[str] = ()) -> "TrainConfig":
@@ -172,8 +175,9 @@ def _worker_ignores_stop_signals(worker_id: int) -> None:
 
 
 def add_lora(model, config: TrainConfig):
-    """LoRA on the LLM's ``lora_targets`` (not SAM, CLIP, projector or fcs); lm_head, embed_tokens, the mask decoder
-    and text_hidden_fcs trainable; everything else frozen."""
+    """LoRA on the LLM's ``lora_targets`` (not SAM, CLIP, projector or fcs); the parameters named by
+    ``config.trainable`` (the paper: lm_head, embed_tokens, the mask decoder and text_hidden_fcs) trainable;
+    everything else frozen."""
     from peft import LoraConfig, get_peft_model
 
     targets = sorted(name for name, module in model.named_modules()
@@ -184,7 +188,7 @@ def add_lora(model, config: TrainConfig):
                                                   lora_dropout=config.lora_dropout, target_modules=targets,
                                                   bias="none", task_type="CAUSAL_LM"))
     for name, param in peft_model.named_parameters():
-        if any(x in name for x in TRAINABLE):
+        if any(x in name for x in config.trainable):
             param.requires_grad = True
     return peft_model
 

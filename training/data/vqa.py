@@ -41,14 +41,14 @@ def conversation_turns(messages: list[dict]) -> list[tuple[str, str]]:
 
 class LlavaInstruct(SkippingDataset):
     """``json_path`` and ``image_dir`` default to the reference's layout under ``root``
-    (``llava_dataset/<vqa_data>.json``, ``coco/train2017``)."""
+    (``llava_dataset/<vqa_data>.json``, ``coco/train2017``); relative ones are taken under ``root``."""
 
     def __init__(self, root: str | Path, vqa_data: str = "llava_instruct_150k", json_path: str | Path | None = None,
                  image_dir: str | Path | None = None):
         super().__init__()
         root = Path(root)
-        json_path = Path(json_path) if json_path else root / "llava_dataset" / f"{vqa_data}.json"
-        self.image_dir = Path(image_dir) if image_dir else root / "coco" / "train2017"
+        json_path = root / json_path if json_path else root / "llava_dataset" / f"{vqa_data}.json"
+        self.image_dir = root / image_dir if image_dir else root / "coco" / "train2017"
         try:
             self.items = json.loads(json_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
