@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench clean embedded-model
 
 setup: $(STAMP)
 
@@ -27,6 +27,15 @@ demo: setup
 
 bench: setup
 	$(PY) bench/bench_engine.py
+
+# Remakes the embedded model lisa_core/models/lisa-tiny-rooms from nothing (about an hour on 2 CPU cores; an
+# interrupted lisa-train resumes from runs/lisa-tiny-rooms/checkpoints when this is run again).
+ROOMS := data/rooms
+embedded-model: setup
+	test -f $(ROOMS)/corpus.txt || $(VENV)/bin/lisa-make-rooms $(ROOMS) --scenes 120 --frames 50 --val 200 --seed 0
+	test -f runs/lisa-tiny-rooms-init/config.json || $(VENV)/bin/lisa-make-tiny runs/lisa-tiny-rooms-init --shape rooms --corpus $(ROOMS)/corpus.txt --untouched
+	$(VENV)/bin/lisa-train --config training/configs/lisa_tiny_rooms.yaml
+	$(VENV)/bin/lisa-export runs/lisa-tiny-rooms lisa_core/models/lisa-tiny-rooms --tag best --dtype float16
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)

@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 
 from lisa_core import Lisa
@@ -41,9 +42,14 @@ def load_trained(run_dir: str | Path, tag: str | None = None) -> tuple[Lisa, Tra
     return lisa, module
 
 
-def save_merged(peft_model, tokenizer_dir, out_dir) -> Path:
-    """The LoRA merged into its base layers, written in the official layout (this unwraps ``peft_model``)."""
-    return save_checkpoint(peft_model.merge_and_unload(), tokenizer_dir, out_dir)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def save_merged(peft_model, tokenizer_dir, out_dir, dtype: torch.dtype | None = None) -> Path:
+    """The LoRA merged into its base layers (in fp32), then cast to ``dtype`` if given, written in the official
+    layout (this unwraps ``peft_model``)."""
+    merged = peft_model.merge_and_unload()
+    return save_checkpoint(merged if dtype is None else merged.to(dtype), tokenizer_dir, out_dir)
 
 
 def save_adapter(peft_model, out_dir) -> Path:
@@ -58,9 +64,9 @@ def save_adapter(peft_model, out_dir) -> Path:
     return out
 
 
-def export_merged(run_dir, out_dir, tag: str | None = None) -> Path:
+def export_merged(run_dir, out_dir, tag: str | None = None, dtype: torch.dtype | None = None) -> Path:
     lisa, module = load_trained(run_dir, tag)
-    return save_merged(module.peft_model, resolve_checkpoint(str(lisa.source_dir)), out_dir)
+    return save_merged(module.peft_model, resolve_checkpoint(str(lisa.source_dir)), out_dir, dtype)
 
 
 def export_adapter(run_dir, out_dir, tag: str | None = None) -> Path:
@@ -74,9 +80,16 @@ def main(argv=None) -> int:
     parser.add_argument("out_dir", help="where to write the checkpoint")
     parser.add_argument("--tag", help="checkpoint tag: 'best' (highest held-out gIoU), step_N (default: the latest)")
     parser.add_argument("--adapter-only", action="store_true", help="write the LoRA adapter + trained weights only")
+    parser.add_argument("--dtype", choices=sorted(DTYPES),
+                        help="cast the merged checkpoint's weights (default: as trained); the official ones are bf16")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.adapter_only and args.dtype:
+        parser.error("--dtype applies to merged checkpoints only")
     try:
-        out = (export_adapter if args.adapter_only else export_merged)(args.run_dir, args.out_dir, args.tag)
+        if args.adapter_only:
+            out = export_adapter(args.run_dir, args.out_dir, args.tag)
+        else:
+            out = export_merged(args.run_dir, args.out_dir, args.tag, DTYPES.get(args.dtype))
     except (FileNotFoundError, RuntimeError, ValueError) as err:
         print(f"lisa-export: {err}", file=sys.stderr)
         return 1
