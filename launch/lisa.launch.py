@@ -9,11 +9,11 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
 
 ARGUMENTS = {
-    "model": ("xinlai/LISA-7B-v1", "LISA checkpoint: hub id or local directory"),
+    "model": ("lisa-tiny-rooms", "LISA checkpoint: embedded model name, hub id (xinlai/LISA-7B-v1) or local directory"),
     "quantization": ("none", "none | 4bit | 8bit"),
     "adapter": ("", "LoRA adapter directory (lisa-export --adapter-only); empty: the base model"),
     "image_topic": ("/camera/image_raw", "camera topic"),
-    "dtype": ("bfloat16", "float32 | bfloat16 | float16"),
+    "dtype": ("auto", "auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16"),
     "device": ("", "torch device; empty: cuda if available"),
 }
 

@@ -44,8 +44,21 @@ class CheckpointError(RuntimeError):
     """A checkpoint or vision tower that cannot be loaded; the message says which file or key and why."""
 
 
+# Models that ship inside this package, by name: lisa-tiny-rooms (trained by lisa-train on synthetic rooms; see its
+# MODEL_CARD.md) is the default wherever no model is given.
+EMBEDDED = {"lisa-tiny-rooms": Path(__file__).parent / "models" / "lisa-tiny-rooms"}
+DEFAULT_MODEL = "lisa-tiny-rooms"
+
+
 def resolve_checkpoint(path_or_id: str) -> Path:
-    """A local directory as is; otherwise download the hub repo (config, tokenizer, weights) and return its path."""
+    """An embedded model's name (``lisa-tiny-rooms``) → its directory in this package; a local directory as is;
+    otherwise download the hub repo (config, tokenizer, weights) and return its path."""
+    if path_or_id in EMBEDDED:
+        embedded = EMBEDDED[path_or_id]
+        if not (embedded / "config.json").is_file():
+            raise CheckpointError(f"the embedded model {path_or_id} is missing from this install ({embedded}); "
+                                  "`make embedded-model` remakes it")
+        return embedded
     local = Path(path_or_id).expanduser()
     if local.is_dir():
         return local

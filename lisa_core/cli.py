@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .checkpoint import DEFAULT_MODEL
 from .engine import Lisa
 from .output import read_image, save_result
 
@@ -14,7 +15,8 @@ REPL_HELP = "commands: ':image PATH' new image (new conversation), ':reset' forg
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="lisa-chat", description=__doc__)
-    p.add_argument("--model", required=True, help="checkpoint directory or hub id, e.g. xinlai/LISA-7B-v1")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint directory, hub id (e.g. xinlai/LISA-7B-v1) or "
+                   f"embedded model name (default: {DEFAULT_MODEL}, trained on synthetic rooms)")
     p.add_argument("--vision-tower", help="CLIP vision tower (dir or hub id); default: the checkpoint's config")
     p.add_argument("--image", help="image file (required with --prompt; the REPL asks if missing)")
     p.add_argument("--prompt", help="question; one-shot mode. Without it: a multi-turn REPL")

@@ -6,6 +6,7 @@ gIoU = Σ per-mask IoU / (number of masks + 1e-5); cIoU = Σ I / (Σ U + 1e-10) 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +29,12 @@ def intersection_union(pred: np.ndarray, target: np.ndarray) -> tuple[int, int]:
 
 def mask_iou(inter: int, union: int) -> float:
     return inter / (union + 1e-5) + (1.0 if union == 0 else 0.0)
+
+
+def named_in(text: str, names) -> list[str]:
+    """The ``names`` that ``text`` mentions as whole words, in the order they appear."""
+    found = [(m.start(), n) for n in names for m in [re.search(rf"\b{re.escape(n)}\b", text, re.IGNORECASE)] if m]
+    return [n for _, n in sorted(found)]
 
 
 @dataclass

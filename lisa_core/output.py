@@ -21,6 +21,21 @@ def read_image(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+DEMO_IMAGE = Path(__file__).parent / "data" / "demo_room.png"  # a held-out synthetic room with its ground truth
+
+
+def read_ground_truth(image_path: str | Path) -> dict[str, np.ndarray]:
+    """Class name → H×W bool mask, from ``<stem>_labels.png`` (label ids) and ``<stem>.json`` (``{"labels": names}``)
+    beside an image; empty when the image has none."""
+    path = Path(image_path)
+    labels_png, names_json = path.with_name(f"{path.stem}_labels.png"), path.with_suffix(".json")
+    if not (labels_png.is_file() and names_json.is_file()):
+        return {}
+    labels = cv2.imread(str(labels_png), cv2.IMREAD_UNCHANGED)
+    names = json.loads(names_json.read_text())["labels"]
+    return {names[i]: labels == i for i in np.unique(labels) if 0 <= i < len(names)}
+
+
 def overlay(image: np.ndarray, masks, alpha: float = 0.5) -> np.ndarray:
     """RGB image with each mask blended in its own colour and outlined."""
     out = image.astype(np.float32)

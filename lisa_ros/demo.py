@@ -1,9 +1,11 @@
-"""``lisa-demo``: the whole product in one command. Starts ``lisa-node``, streams a sample image as the camera,
+"""``lisa-demo``: the whole product in one command. Starts ``lisa-node``, streams a room image as the camera,
 asks a one-shot question on ``lisa/query`` and holds a two-turn session through the ``lisa/converse`` action, all over
-real ROS 2 topics, then prints the replies and where masks and overlays were written.
+real ROS 2 topics, then prints the replies, where masks and overlays were written and, where the image comes with its
+ground truth (the default one does), which object each reply names and the IoU of its mask with that object.
 
-Without ``--model`` it runs on the embedded default: a tiny *untrained* checkpoint made offline (its replies are
-noise; it shows the plumbing). ``--model xinlai/LISA-7B-v1`` (or a local dir) runs the real model.
+Without ``--model`` it runs on the embedded default ``lisa-tiny-rooms`` (small, trained by ``lisa-train`` on
+synthetic rooms; the default image is a held-out room). ``--model xinlai/LISA-7B-v1`` (or a local dir) runs the
+real model.
 """
 from __future__ import annotations
 
@@ -15,23 +17,27 @@ import threading
 import time
 from pathlib import Path
 
-from lisa_core.output import read_image
-from lisa_core.tiny import SAMPLE_IMAGE, make_tiny
+from lisa_core.checkpoint import DEFAULT_MODEL
+from lisa_core.metrics import intersection_union, mask_iou, named_in
+from lisa_core.output import DEMO_IMAGE, read_ground_truth, read_image
 
 from .dds import local_dds_env
 from .process import start_node, stop_node
 
-TINY_DIR = Path.home() / ".cache" / "lisa_ros" / "lisa-tiny"
-QUESTION = "Where can I wash my hands? Please output segmentation mask."
-SESSION = ("What is on the table? Please output segmentation mask.", "And where could I put a cup down?")
+# (question, the object it asks for in the default image)
+QUESTION = ("Where can I wash my hands?", "sink")
+SESSION = (("Where can I put my cup down?", "table"), ("And where can I sit?", "chair"))
+NOT_ASKABLE = ("unlabelled", "wall", "floor")
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="lisa-demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="checkpoint dir or hub id (default: the embedded tiny untrained model)")
-    p.add_argument("--image", default=str(SAMPLE_IMAGE), help="image to stream as the camera (default: a sample room)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"embedded model name, checkpoint dir or hub id (default: {DEFAULT_MODEL})")
+    p.add_argument("--image", default=str(DEMO_IMAGE),
+                   help="image to stream as the camera (default: a held-out room with known ground truth)")
     p.add_argument("--device", default="", help="torch device for the node (default: cuda if available)")
-    p.add_argument("--dtype", help="node dtype (default: float32 for the tiny model, bfloat16 otherwise)")
+    p.add_argument("--dtype", default="auto", help="node dtype (default auto: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--out", default="demo_out", help="where replies, masks and overlays go (default ./demo_out)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the node and each reply")
     return p.parse_args(argv)
@@ -60,20 +66,31 @@ def ask_on_topic(client, question: str, timeout: float):
     return next(r for r in results if r.query == question)
 
 
+def check_answer(answer, expected: str, truth: dict) -> bool | None:
+    """Print which object the reply names and its mask's IoU with the ground truth of ``expected``; whether both
+    are right (the reply names ``expected`` and the IoU is at least 0.5), None without ground truth."""
+    if not truth or answer.error:
+        return None
+    names = named_in(answer.reply, [n for n in truth if n not in NOT_ASKABLE])
+    masks = mask_arrays(answer)
+    iou = mask_iou(*intersection_union(masks[0], truth[expected])) if masks and expected in truth else 0.0
+    named = ", ".join(names) or "nothing"
+    right = bool(names) and names[0] == expected and iou >= 0.5
+    print(f"  expected the {expected}: the reply names {named}; mask IoU with the {expected}: {iou:.2f} "
+          f"({'right' if right else 'WRONG'})")
+    return right
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.model:
-        model, dtype = args.model, args.dtype or "bfloat16"
-    else:
-        model, dtype = str(TINY_DIR), args.dtype or "float32"
-        if not (TINY_DIR / "config.json").is_file():
-            print(f"making the embedded tiny checkpoint in {TINY_DIR} …")
-            make_tiny(TINY_DIR)
-        print("model: embedded tiny checkpoint — random and UNTRAINED, its replies are noise "
-              "(run with --model xinlai/LISA-7B-v1 for the real one)")
+    model, dtype = args.model, args.dtype
+    if model == DEFAULT_MODEL:
+        print(f"model: {DEFAULT_MODEL}, the embedded small LISA trained on synthetic rooms "
+              "(--model xinlai/LISA-7B-v1 runs the real one)")
     image = read_image(args.image)
+    truth = read_ground_truth(args.image)
     env = local_dds_env(int(os.environ.get("ROS_DOMAIN_ID", random.randint(1, 100))))
     os.environ.update(env)
     node = start_node({"model": model, "dtype": dtype, "device": args.device, "max_new_tokens": 32},
@@ -83,7 +100,7 @@ def main(argv=None) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    from .client import LisaClient, print_answer, save_answer
+    from .client import LisaClient, mask_arrays, print_answer, save_answer
 
     rclpy.init()
     client = LisaClient()
@@ -92,22 +109,28 @@ def main(argv=None) -> int:
     try:
         camera.start()
         client.wait_for_node(args.timeout)
-        print(f"\n[topic] lisa/query: {QUESTION}")
-        answer = ask_on_topic(client, QUESTION, args.timeout)
+        text, expected = QUESTION
+        print(f"\n[topic] lisa/query: {text}")
+        answer = ask_on_topic(client, text, args.timeout)
         save_answer(out / "query", answer, client.overlay_for(answer.header, wait=3.0))
         print_answer(answer, out / "query")
         errors = [answer.error] if answer.error else []
+        checks = [check_answer(answer, expected, truth)]
         session = ""
-        for turn, text in enumerate(SESSION, 1):
+        for turn, (text, expected) in enumerate(SESSION, 1):
             print(f"\n[action] lisa/converse turn {turn}: {text}")
             answer = client.converse(text, session_id=session, timeout=args.timeout)
             session = answer.session_id
             save_answer(out / f"session_turn_{turn}", answer, client.overlay_for(answer.header, wait=3.0))
             print_answer(answer, out / f"session_turn_{turn}")
             errors += [answer.error] if answer.error else []
+            checks.append(check_answer(answer, expected, truth))
             print(f"  latency: clip {answer.latency.clip_s * 1000:.0f} ms, SAM encode "
                   f"{answer.latency.sam_encode_s * 1000:.0f} ms, total {answer.latency.total_s * 1000:.0f} ms")
-        print(f"\nreplies, masks (mask_<i>.png) and overlays (overlay.png) are in {out}/")
+        if truth:
+            print(f"\n{sum(c is True for c in checks)} of {len(checks)} answers right (object named and mask IoU "
+                  "≥ 0.5 with the image's ground truth)")
+        print(f"replies, masks (mask_<i>.png) and overlays (overlay.png) are in {out}/")
         return 1 if errors else 0
     except (TimeoutError, ExternalShutdownException) as err:
         state = "running" if node.poll() is None else f"exited with code {node.returncode}"

@@ -13,11 +13,13 @@ class Param:
 
 
 PARAMETERS = (
-    Param("model", "xinlai/LISA-7B-v1", "LISA checkpoint: a hub id (official: xinlai/LISA-7B-v1, "
-          "xinlai/LISA-13B-llama2-v1, …) or a local directory in the official layout"),
+    Param("model", "lisa-tiny-rooms", "LISA checkpoint: an embedded model (lisa-tiny-rooms: small, trained on "
+          "synthetic rooms), a hub id (official: xinlai/LISA-7B-v1, xinlai/LISA-13B-llama2-v1, …) or a local "
+          "directory in the official layout"),
     Param("vision_tower", "", "CLIP vision tower (dir or hub id); empty: the checkpoint's config.vision_tower"),
     Param("device", "", "torch device, e.g. cuda, cuda:1, cpu; empty: cuda if available, else cpu"),
-    Param("dtype", "bfloat16", "float32 | bfloat16 | float16 (float16 is used with quantization)"),
+    Param("dtype", "auto", "auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16 (float16 is "
+          "used with quantization)"),
     Param("quantization", "none", "none | 4bit | 8bit (bitsandbytes, CUDA only; SAM stays unquantised)"),
     Param("adapter", "", "LoRA adapter directory (lisa-export --adapter-only) on top of model; empty: the base model. "
           "Settable at run time (ros2 param set /lisa adapter DIR): checked at once (a bad one is refused with the "

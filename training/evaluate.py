@@ -24,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lisa_core import Lisa
+from lisa_core.checkpoint import DEFAULT_MODEL
 from lisa_core.metrics import IGNORE_LABEL, SegmentationMeter
 
 from .data.reasonseg import mask_from_shapes, read_annotation
@@ -101,7 +102,8 @@ def write_results(out: str | Path, summary: dict, rows: list[dict]) -> Path:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="lisa-eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="checkpoint dir or hub id")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"checkpoint dir, hub id or embedded model name (default: {DEFAULT_MODEL})")
     parser.add_argument("--vision-tower", help="CLIP vision tower override")
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--reason-seg", help="a ReasonSeg val/test folder (*.jpg + *.json)")

@@ -380,13 +380,16 @@ def place(rng, name: str, s: float, width: int, taken: list[tuple[float, float]]
     return None
 
 
-def draw_room(rng: random.Random, height: int = 192, width: int = 256, targets=(2, 4), distractors=(1, 3)) -> Room:
-    """A room with ``targets`` (a (min, max) count) distinct target classes and ``distractors`` distractors."""
+def draw_room(rng: random.Random, height: int = 192, width: int = 256, targets=(2, 4), distractors=(1, 3),
+              include: tuple[str, ...] = ()) -> Room:
+    """A room with ``targets`` (a (min, max) count) distinct target classes, ``include`` among them, and
+    ``distractors`` distractors."""
     c = Canvas(rng, height, width)
     horizon = int(height * rng.uniform(0.45, 0.6))
     wall_colour = rng.choice(sorted(WALL_COLOURS))
     draw_background(c, rng, horizon, wall_colour)
-    chosen = rng.sample(sorted(TARGETS), rng.randint(*targets))
+    others = sorted(set(TARGETS) - set(include))
+    chosen = list(include) + rng.sample(others, max(0, rng.randint(*targets) - len(include)))
     extra = [rng.choice(DISTRACTORS) for _ in range(rng.randint(*distractors))]
     unit = height / 5.5
     wall_taken, floor_taken, standing = [], [], []
@@ -416,6 +419,6 @@ def draw_room(rng: random.Random, height: int = 192, width: int = 256, targets=(
     masks = {name: labels == LABELS.index(name) for name in chosen}
     masks = {name: m for name, m in masks.items() if m.sum() >= 60}
     if not masks:  # every target hidden or unplaced (rare): draw another room
-        return draw_room(rng, height, width, targets, distractors)
+        return draw_room(rng, height, width, targets, distractors, include)
     return Room(image.astype(np.uint8), labels, c.instances, masks, wall_colour,
                 [n for n in extra if (labels == LABELS.index(n)).any()])

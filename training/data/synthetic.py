@@ -61,7 +61,9 @@ class SyntheticRooms:
 
 
 def room_seed(seed: int, index: int) -> random.Random:
-    return random.Random(seed * 1_000_003 + index)
+    """The random source of ReasonSeg-layout room ``index`` of split ``seed``: seeded by a string, so that no split
+    shares a room with the ScanNet-layout training scenes (seeded by integers) or with another split."""
+    return random.Random(f"reasonseg/{seed}/{index}")
 
 
 # --- questions that need no mask ----------------------------------------------------------------------------------
@@ -82,7 +84,7 @@ def corpus_lines() -> list[str]:
              for t in getattr(templates, name)]
     for name, (_, uses) in CLASSES.items():
         lines += [t.format(class_name=name, sent=u) for t in lines[:] if "{" in t for u in uses]
-        lines += [templates.FOLLOWUP_USE_PREFIX + u[0].lower() + u[1:] for u in uses]
+        lines += list(uses) + [templates.FOLLOWUP_USE_PREFIX + u[0].lower() + u[1:] for u in uses]
         lines += [f"Is there a {name} in this room? Yes, there is a {name}. No, there is no {name}."]
     lines += [f"What color is the wall? The wall is {c}." for c in WALL_COLOURS]
     return sorted(set(line for line in lines if "{" not in line))
@@ -90,18 +92,28 @@ def corpus_lines() -> list[str]:
 
 # --- the published layouts ---------------------------------------------------------------------------------------
 
-def polygons(mask: np.ndarray) -> list[list[list[int]]]:
+def polygons(mask: np.ndarray, min_points: int = 3) -> list[list[list[int]]]:
     """The outer outlines of a mask's regions as LabelMe polygons (``[[x, y], …]``)."""
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    return [c[:, 0].tolist() for c in contours if len(c) >= 3]
+    return [c[:, 0].tolist() for c in contours if len(c) >= min_points]
+
+
+def outline_shapes(mask: np.ndarray) -> list[dict]:
+    """LabelMe shapes whose ReasonSeg rasterisation (``mask_from_shapes(...) == 1``) is exactly ``mask``: its
+    outlines as "target", the holes in them (where something in front hides the object) as "ignore"."""
+    outer = polygons(mask)
+    filled = np.zeros(mask.shape, np.uint8)
+    cv2.fillPoly(filled, [np.array(p, np.int32) for p in outer], 1)
+    holes = polygons(filled.astype(bool) & ~mask.astype(bool), min_points=1)  # a one-pixel hole too
+    return [{"label": label, "points": p, "group_id": None, "shape_type": "polygon", "flags": {}}
+            for label, group in (("target", outer), ("ignore", holes)) for p in group]
 
 
 def reasonseg_annotation(room: Room, name: str, queries: list[str], sentence: bool) -> dict:
     """A ReasonSeg json asking for ``name`` with ``queries`` (its uses: sentences; or its name: a phrase)."""
-    shapes = [{"label": "target", "points": p, "group_id": None, "shape_type": "polygon", "flags": {}}
-              for p in polygons(room.masks[name])]
     h, w = room.labels.shape
-    return {"text": list(queries), "is_sentence": sentence, "shapes": shapes, "imageHeight": h, "imageWidth": w}
+    return {"text": list(queries), "is_sentence": sentence, "shapes": outline_shapes(room.masks[name]),
+            "imageHeight": h, "imageWidth": w}
 
 
 def write_scannet_tsv(path: Path) -> None:
@@ -166,6 +178,21 @@ def write_reasonseg_split(root: str | Path, size: int, seed: int = 0, **room_kwa
         annotation = reasonseg_annotation(room, name, [rng.choice(CLASSES[name][1]) if sentence else name], sentence)
         (root / f"{stem}.json").write_text(json.dumps(annotation))
     return root
+
+
+DEMO_SEED = 1002  # a held-out room with a sink, a table, a chair, a window and a lamp (no training room has it)
+
+
+def write_demo_room(image_path: str | Path) -> Path:
+    """The demo's camera image and its ground truth beside it: ``<stem>_labels.png`` (ids into ``rooms.LABELS``)
+    and ``<stem>.json`` (``{"labels": LABELS, "seed": …}``)."""
+    room = draw_room(random.Random(DEMO_SEED), targets=(5, 5), distractors=(2, 2),
+                     include=("sink", "table", "chair", "window", "lamp"))
+    path = Path(image_path)
+    cv2.imwrite(str(path), cv2.cvtColor(room.image, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(path.with_name(f"{path.stem}_labels.png")), room.labels.astype(np.uint8))
+    path.with_suffix(".json").write_text(json.dumps({"labels": list(LABELS), "seed": DEMO_SEED}) + "\n")
+    return path
 
 
 def main(argv=None) -> None:
