@@ -12,7 +12,7 @@ setup(
     license="Apache-2.0",
     packages=find_packages(include=["lisa_core", "lisa_core.*", "lisa_ros", "lisa_ros.*", "training",
                                     "training.*"]),
-    package_data={"lisa_core": ["data/*.png"], "lisa_ros": ["*.xml"]},
+    package_data={"lisa_core": ["data/*.png", "data/*.json", "models/*/*", "models/*/*/*"], "lisa_ros": ["*.xml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -49,6 +49,11 @@ FOLLOW_BY_NAME = ("What about the {c}?", "And the {c}?")
 ANSWER_FORMS = {a.format(class_name=c) for a in templates.NAMED_ANSWERS + templates.ANSWERS for c in TARGETS}
 
 
+def readable(reply: str) -> bool:
+    """The reply is one of the answer forms the data teaches (decoding puts a space after ``[SEG]``)."""
+    return re.sub(r"\s+([.,?!])", r"\1", reply.strip()) in ANSWER_FORMS
+
+
 def iou(masks, target) -> float:
     return mask_iou(*intersection_union(masks[0], target)) if len(masks) else 0.0
 
@@ -76,7 +81,7 @@ def chat_scores(lisa: Lisa, rooms, rng: random.Random, max_new_tokens: int) -> t
             rows.append({"room": index, "class": name, "kind": kind, "question": question, "reply": result.text,
                          "seg": "[SEG]" in result.text and len(result.masks) > 0,
                          "named": (named_in(result.text, TARGETS) or [None])[0],
-                         "readable": result.text.strip() in ANSWER_FORMS, "iou": iou(result.masks, mask)})
+                         "readable": readable(result.text), "iou": iou(result.masks, mask)})
     return summarise(rows), rows
 
 
@@ -101,7 +106,7 @@ def followup_scores(lisa: Lisa, rooms, rng: random.Random, max_new_tokens: int) 
         rows.append({"room": index, "class": second, "first": first, "question": question, "reply": result.text,
                      "seg": "[SEG]" in result.text and len(result.masks) > 0,
                      "named": (named_in(result.text, TARGETS) or [None])[0],
-                     "readable": result.text.strip() in ANSWER_FORMS, "iou": iou(result.masks, room.masks[second])})
+                     "readable": readable(result.text), "iou": iou(result.masks, room.masks[second])})
     return summarise(rows), rows
 
 

@@ -2,6 +2,7 @@
 services from this process. Each module run has its own ROS_DOMAIN_ID; every wait is bounded."""
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from lisa_ros.process import start_node as start_process  # noqa: E402
 from lisa_ros.process import stop_node  # noqa: E402
 
 DOMAIN = 20 + os.getpid() % 70
+ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Where can I wash my hands? Please output segmentation mask."
 
 
@@ -330,3 +332,94 @@ def test_bad_adapter_at_start_serves_the_base_model(tiny_ckpt, tmp_path, ros, ro
             client.close()
     finally:
         stop_node(process)
+
+
+# --- the embedded trained model over DDS: right answers, not just well-formed ones --------------------------------
+
+HELD_OUT = 13  # a room split no training run uses
+
+
+def held_out_room(*names):
+    """The first held-out room holding every one of ``names`` (as visible targets or distractors)."""
+    from training.data.rooms import LABELS, draw_room
+    from training.data.synthetic import room_seed
+
+    for i in range(500):
+        room = draw_room(room_seed(HELD_OUT, i))
+        if all((room.labels == LABELS.index(n)).sum() >= 150 for n in names):
+            return room
+    raise AssertionError(f"no held-out room with {names}")
+
+
+def class_mask(room, name):
+    from training.data.rooms import LABELS
+
+    return room.labels == LABELS.index(name)
+
+
+def answer_check(result, room, name) -> tuple[list, float]:
+    """(the objects the reply names, the IoU of its first mask with ``name``'s ground truth)."""
+    from lisa_core.metrics import intersection_union, mask_iou, named_in
+    from lisa_ros.client import mask_arrays
+    from training.data.rooms import LABELS
+
+    masks = mask_arrays(result)
+    iou = mask_iou(*intersection_union(masks[0], class_mask(room, name))) if masks else 0.0
+    return named_in(result.reply, LABELS[3:]), iou
+
+
+@pytest.fixture(scope="module")
+def embedded(ros, tmp_path_factory):
+    """lisa-node with no model given: the embedded lisa-tiny-rooms, in namespace /embedded."""
+    log = tmp_path_factory.mktemp("embedded") / "node.log"
+    process = start_node(log, namespace="/embedded", device="cpu", max_new_tokens=24)
+    client = LisaClient(context=ros, namespace="embedded")
+    client.diagnostics = []
+    client.node.create_subscription(DiagnosticArray, "/diagnostics", client.diagnostics.append, 10)
+    client.wait_for_node(60)
+    yield client, process
+    client.close()
+    stop_node(process)
+
+
+def test_embedded_model_answers_right_over_dds(embedded):
+    client, _ = embedded
+    room = held_out_room("sink", "chair")
+    first = client.converse("Where can I wash my hands?", image=room.image, timeout=60)
+    assert first.error == "" and answer_check(first, room, "sink")[0][:1] == ["sink"]
+    assert answer_check(first, room, "sink")[1] >= 0.5
+    follow = client.converse("And where can I sit?", session_id=first.session_id, timeout=60)
+    names, iou = answer_check(follow, room, "chair")
+    assert follow.turn == 2 and names[:1] == ["chair"] and iou >= 0.5, (follow.reply, iou)
+
+
+@pytest.fixture(scope="module")
+def plant_adapter(tmp_path_factory):
+    """A LoRA adapter taught a new class ("plant": a distractor the embedded model was never asked about) by a short
+    lisa-train run from lisa-tiny-rooms, exported as ``lisa-export --adapter-only`` writes it."""
+    from training.data.synthetic import write_scannet_scenes
+    from training.export import export_adapter
+    from training.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("plant")
+    write_scannet_scenes(root / "data" / "scannet", scenes=4, frames=40, seed=3)
+    config = TrainConfig.load(str(ROOT / "training" / "configs" / "lisa_tiny_rooms_plant.yaml"), [
+        f"dataset_dir={root / 'data'}", f"output_dir={root / 'run'}", "steps_per_epoch=PLANT_STEPS", "eval={}"])
+    train(config)
+    return export_adapter(root / "run", root / "adapter")
+
+
+def test_adapter_trained_on_a_new_class_switched_in_at_run_time(embedded, plant_adapter):
+    client, process = embedded
+    room = held_out_room("plant")
+    before = client.converse("Where is the plant?", image=room.image, timeout=60)
+    assert before.error == "" and answer_check(before, room, "plant")[1] < 0.5  # the base model cannot do it
+    try:
+        assert set_parameter(client, "adapter", str(plant_adapter), "/embedded/lisa").successful
+        wait_for_diagnostics(client, lambda v: v["adapter"] == str(plant_adapter))
+        after = client.converse("Where is the plant?", image=room.image, timeout=60)
+        names, iou = answer_check(after, room, "plant")
+        assert after.adapter == str(plant_adapter) and names[:1] == ["plant"] and iou >= 0.5, (after.reply, iou)
+    finally:
+        assert set_parameter(client, "adapter", "", "/embedded/lisa").successful
+    assert process.poll() is None

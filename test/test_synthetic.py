@@ -91,8 +91,11 @@ def test_named_conversations_name_what_they_segment(tmp_path):
     seen_followups = 0
     for i in range(len(frames)):
         sample = frames[i]
-        turns = sample.conversations[0]
-        seen_followups += len(turns) == 2
+        turns = [turn for conversation in sample.conversations for turn in conversation]
+        seen_followups += any(len(c) == 2 for c in sample.conversations)
+        firsts = [c[0][1] for c in sample.conversations]
+        assert 1 <= len(sample.conversations) <= 3 and len(set(firsts)) == len(firsts)  # distinct objects
+        assert len(turns) == len(sample.meta["classes"]) == sample.masks.shape[0]
         for (question, answer), name, mask in zip(turns, sample.meta["classes"], sample.masks):
             assert answer.endswith(f"the {name} [SEG].")
             frame = sample.source.rsplit("/", 1)[1]

@@ -9,7 +9,8 @@ Names and where each looks by default (``dataset_dir`` laid out as the reference
     scannet     ScanNetFrames DIR/scannet (ScanNet v2 2D export layout)
     synthetic   SyntheticRooms  (in memory)
 
-An entry's other keys are the dataset's keyword arguments; ``weight`` is its share of the stream.
+An entry's other keys are the dataset's keyword arguments; ``weight`` is its share of the stream; ``type`` (default:
+the entry's name) lets two entries of one kind be mixed, e.g. ``scannet`` and ``new_class: {type: scannet, …}``.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def build_dataset(name: str, options: dict, dataset_dir: str | Path = "dataset")
 
     dataset_dir = Path(dataset_dir)
     options = {k: v for k, v in options.items() if k != "weight"}
+    name = options.pop("type", name)
     factories = {
         "sem_seg": (SemSeg, lambda o: {"root": dataset_dir, **o}),
         "refer_seg": (ReferSeg, lambda o: {"root": dataset_dir, **o}),

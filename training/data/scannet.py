@@ -13,8 +13,9 @@ json gives a reasoning sample (ReasonSeg rules) with probability ``reason_rate``
 ``min_pixels`` are not asked about; frames are taken every ``frame_step``. Unreadable or inconsistent files are
 skipped and counted (``skipped``), never fatal.
 
-``answers="named"`` (beyond the paper, for models whose replies must name what they segment) makes one conversation
-per frame instead: its classes asked for by name, or by use where a ``reason/<frame>.json`` or
+``answers="named"`` (beyond the paper, for models whose replies must name what they segment) makes up to
+``classes_per_sample`` conversations per frame instead (as the reference's semantic samples: several objects of one
+image, each its own conversation): its classes asked for by name, or by use where a ``reason/<frame>.json`` or
 ``reason/<frame>_<k>.json`` annotation marks that object (with probability ``reason_rate``; the class is the
 frame's label under the annotated mask), answered "It is the {class} [SEG]." (or, with probability
 ``1 - named_rate``, one of the paper's answers); with probability ``followup_rate`` a second turn asks for another
@@ -160,18 +161,22 @@ class ScanNetFrames(SkippingDataset):
             self.skipped["no object large enough"] += 1
             return None
         uses = self._reasoning_targets(scene, stem, labels)
-        n_turns = 2 if len(masks) > 1 and rng.random() < self.followup_rate else 1
-        names = rng.sample(sorted(masks), n_turns)
-        turns, targets = [], []
-        for turn, name in enumerate(names):
-            by_use = name in uses and rng.random() < self.reason_rate
-            question = self._question(rng, name, rng.choice(uses[name][0]) if by_use else None, turn > 0)
-            answer = (rng.choice(NAMED_ANSWERS).format(class_name=name) if rng.random() < self.named_rate
-                      else rng.choice(ANSWERS))
-            turns.append((question, answer))
-            targets.append(uses[name][1] if by_use else masks[name])
-        return Sample(image, [turns], np.stack(targets).astype(np.float32), source=f"scannet/{scene.name}/{stem}",
-                      meta={"classes": names})
+        conversations, names, targets = [], [], []
+        for first in rng.sample(sorted(masks), min(self.classes_per_sample, len(masks))):
+            others = sorted(set(masks) - {first})
+            turn_names = [first] + ([rng.choice(others)] if others and rng.random() < self.followup_rate else [])
+            turns = []
+            for turn, name in enumerate(turn_names):
+                by_use = name in uses and rng.random() < self.reason_rate
+                question = self._question(rng, name, rng.choice(uses[name][0]) if by_use else None, turn > 0)
+                answer = (rng.choice(NAMED_ANSWERS).format(class_name=name) if rng.random() < self.named_rate
+                          else rng.choice(ANSWERS))
+                turns.append((question, answer))
+                targets.append(uses[name][1] if by_use else masks[name])
+            conversations.append(turns)
+            names += turn_names
+        return Sample(image, conversations, np.stack(targets).astype(np.float32),
+                      source=f"scannet/{scene.name}/{stem}", meta={"classes": names})
 
     def _question(self, rng: random.Random, name: str, use: str | None, followup: bool) -> str:
         """Asking for ``name`` by its ``use`` (a sentence) or by name; a follow-up turn asks shorter."""
