@@ -35,7 +35,10 @@ embedded-model: setup
 	test -f $(ROOMS)/corpus.txt || $(VENV)/bin/lisa-make-rooms $(ROOMS) --scenes 120 --frames 50 --val 200 --seed 0
 	test -f runs/lisa-tiny-rooms-init/config.json || $(VENV)/bin/lisa-make-tiny runs/lisa-tiny-rooms-init --shape rooms --corpus $(ROOMS)/corpus.txt --untouched
 	$(VENV)/bin/lisa-train --config training/configs/lisa_tiny_rooms.yaml
+	rm -rf lisa_core/models/lisa-tiny-rooms
 	$(VENV)/bin/lisa-export runs/lisa-tiny-rooms lisa_core/models/lisa-tiny-rooms --tag best --dtype float16
+	$(PY) bench/bench_model.py --model lisa-tiny-rooms
+	$(PY) -m training.model_card runs/lisa-tiny-rooms lisa_core/models/lisa-tiny-rooms --scores bench/results/model.json
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)

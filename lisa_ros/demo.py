@@ -69,6 +69,8 @@ def ask_on_topic(client, question: str, timeout: float):
 def check_answer(answer, expected: str, truth: dict) -> bool | None:
     """Print which object the reply names and its mask's IoU with the ground truth of ``expected``; whether both
     are right (the reply names ``expected`` and the IoU is at least 0.5), None without ground truth."""
+    from .client import mask_arrays
+
     if not truth or answer.error:
         return None
     names = named_in(answer.reply, [n for n in truth if n not in NOT_ASKABLE])
@@ -100,7 +102,7 @@ def main(argv=None) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    from .client import LisaClient, mask_arrays, print_answer, save_answer
+    from .client import LisaClient, print_answer, save_answer
 
     rclpy.init()
     client = LisaClient()
