@@ -134,6 +134,17 @@ def test_paper_mix_defaults_and_dataset_errors(tmp_path):
     sources = [mix[k].source.split("/")[0] for k in range(400)]
     assert 0.68 < sources.count("synthetic") / 400 < 0.82 and set(sources) == {"synthetic", "scannet"}
     assert [mix[k].source for k in range(20)] == [mix[k].source for k in range(20)]
+    # two entries of one kind (``type``), e.g. a new class beside the known ones
+    two = Mixture({"scannet": {"label_set": "nyu40", "frame_step": 1, "reason_rate": 0.0},
+                   "only_doors": {"type": "scannet", "label_set": "nyu40", "frame_step": 1, "min_pixels": 1, "reason_rate": 0.0,
+                                  "ignore_classes": [n for n in LABELS if n != "door"]}},
+                  seed=0, dataset_dir=tmp_path)
+    assert [type(d).__name__ for d in two.sources.values()] == ["ScanNetFrames", "ScanNetFrames"]
+    doors = two.sources["only_doors"]
+    assert {c for i in range(len(doors)) if (s := doors[i]) for c in s.meta["classes"]} <= {"door"}
+
+
+from training.data.rooms import LABELS  # noqa: E402
 
 
 def _rooms(root):
