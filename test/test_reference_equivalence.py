@@ -8,6 +8,9 @@ from conftest import REFERENCE
 from lisa_core.output import read_image
 from lisa_core.prompt import first_turn_text
 
+if not (REFERENCE / "cases.json").is_file():
+    pytest.skip(f"the reference's outputs are not here ({REFERENCE.resolve()}: the team's ../shared/reference_tiny, "
+                "absent from a fresh clone)", allow_module_level=True)
 CASES = json.loads((REFERENCE / "cases.json").read_text())["cases"]
 EXPECTED = np.load(REFERENCE / "expected_masks.npz")
 
