@@ -39,6 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from lisa_core.tiny import make_tiny  # noqa: E402
 from training.data.synthetic import write_reasonseg_split, write_scannet_scenes  # noqa: E402
@@ -57,6 +58,25 @@ def score_checkpoint(run_dir: Path, folder: Path, tag: str) -> dict:
     return evaluate_items(module.engine(lisa), reasonseg_val_items(folder))[0]
 
 
+NOT_ASKED = ["unlabelled", "wall", "floor", "plant", "picture", "clock", "rug", "cabinet", "object"]
+
+
+def chat_on_best(run_dir: Path, rooms: int) -> dict:
+    """Free chat with the best checkpoint on held-out rooms (``bench_model``'s questions): how well the reply text
+    is learned — the share of replies with ``[SEG]``, naming the right object, in a taught form — and chat gIoU."""
+    import random
+
+    from bench_model import chat_scores  # noqa: E402
+    from training.data.rooms import draw_room
+    from training.data.synthetic import room_seed
+    from training.export import load_trained
+
+    lisa, module = load_trained(run_dir, "best")
+    module.eval()
+    held_out = [(i, draw_room(room_seed(777, i))) for i in range(rooms)]
+    return chat_scores(module.engine(lisa), held_out, random.Random(0), 24)[0]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget for training")
@@ -68,6 +88,10 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--ce-weight", type=float, default=0.0)
     parser.add_argument("--classes-per-sample", type=int, default=1)
+    parser.add_argument("--answers", choices=("paper", "named"), default="paper",
+                        help="named: answers that name the object, follow-ups (the embedded model's data)")
+    parser.add_argument("--chat-rooms", type=int, default=0,
+                        help="also score free chat on this many held-out rooms ([SEG] share, right object named)")
     parser.add_argument("--clip-patch", type=int, default=224)
     parser.add_argument("--vocab", type=int, default=800)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (0: the committed runs)")
@@ -87,12 +111,16 @@ def main(argv=None) -> None:
             checkpoint_every=args.eval_every, lr=args.lr, ce_weight=args.ce_weight, seed=args.seed,
             workers=args.workers, dataset_dir=str(data),
             datasets={"scannet": {"label_set": "nyu40", "frame_step": 1, "min_pixels": 50,
-                                  "classes_per_sample": args.classes_per_sample, "reason_rate": 0.5}},
+                                  "classes_per_sample": args.classes_per_sample, "reason_rate": 0.5,
+                                  **({"answers": "named", "followup_rate": 0.35,
+                                      "ignore_classes": NOT_ASKED} if args.answers == "named" else {})}},
             eval={"reason_seg": {"split": "val"}})
         start = time.time()
         summary = train(config, deadline=start + 60 * args.minutes)
         summary["wall_clock_s"] = time.time() - start
         summary["test"] = {"rooms": args.test, "tag": "best", **score_checkpoint(run, test, "best")}
+        if args.chat_rooms:
+            summary["chat"] = chat_on_best(run, args.chat_rooms)
         summary["tiny_model"] = {"clip_patch_size": args.clip_patch, "vocab_size": args.vocab, "seed": args.seed}
         summary["config"] = {k: v for k, v in vars(config).items() if k not in ("model", "output_dir", "dataset_dir")}
         args.out.mkdir(parents=True, exist_ok=True)
@@ -102,6 +130,10 @@ def main(argv=None) -> None:
     print(f"best held-out gIoU {summary['best']['giou']:.3f} (cIoU {summary['best']['ciou']:.3f}) at step "
           f"{summary['best']['step']}; {summary['wall_clock_s'] / 60:.1f} min; best checkpoint on {args.test} "
           f"other rooms: gIoU {summary['test']['giou']:.3f} (cIoU {summary['test']['ciou']:.3f})")
+    if "chat" in summary:
+        chat = summary["chat"]
+        print(f"free chat on {args.chat_rooms} rooms: [SEG] {chat['seg_rate']:.1%}, right object named "
+              f"{chat['named_right']:.1%}, readable {chat['readable']:.1%}, gIoU {chat['giou']:.3f}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from conftest import REFERENCE
+from conftest import reference_path
 from lisa_core.prompt import PromptTokenizer
 from training.collate import collate
 from training.data.coco import Interleaved, annotation_mask, polygon_counts, rle_counts_from_string, rle_decode
@@ -58,7 +58,7 @@ def write_refer(root, dataset="refcoco", split_by="unc", images=None, annotation
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return PromptTokenizer.from_hf(AutoTokenizer.from_pretrained(str(REFERENCE / "ckpt")))
+    return PromptTokenizer.from_hf(AutoTokenizer.from_pretrained(str(reference_path("ckpt"))))
 
 
 def test_rle_by_hand():

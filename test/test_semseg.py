@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from transformers import AutoTokenizer
 
-from conftest import REFERENCE
+from conftest import reference_path
 from lisa_core.prompt import PromptTokenizer
 from training.collate import collate
 from training.data.semseg import SemSeg, ade20k_labels, paco_name, pascal_part_name
@@ -99,7 +99,7 @@ def root(tmp_path):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return PromptTokenizer.from_hf(AutoTokenizer.from_pretrained(str(REFERENCE / "ckpt")))
+    return PromptTokenizer.from_hf(AutoTokenizer.from_pretrained(str(reference_path("ckpt"))))
 
 
 def check_questions(sample):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from conftest import REFERENCE
+from conftest import reference_path
 from lisa_core.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, conversation_prefixes
 from training.collate import IGNORE_INDEX, collate
 from training.data.vqa import LlavaInstruct, conversation_turns
@@ -38,7 +38,7 @@ def write_llava(root, records=RECORDS):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return PromptTokenizer.from_hf(AutoTokenizer.from_pretrained(str(REFERENCE / "ckpt")))
+    return PromptTokenizer.from_hf(AutoTokenizer.from_pretrained(str(reference_path("ckpt"))))
 
 
 def test_turns():
