@@ -58,6 +58,14 @@ def iou(masks, target) -> float:
     return mask_iou(*intersection_union(masks[0], target)) if len(masks) else 0.0
 
 
+def answer_row(question: str, result, name: str, mask) -> dict:
+    """What one answer to a question for ``name`` got right."""
+    return {"class": name, "question": question, "reply": result.text,
+            "seg": "[SEG]" in result.text and len(result.masks) > 0,
+            "named": (named_in(result.text, TARGETS) or [None])[0], "readable": readable(result.text),
+            "iou": iou(result.masks, mask)}
+
+
 def ask(rng: random.Random, name: str) -> tuple[str, str]:
     """A question for ``name``, by name or by one of its uses; returns (question, "name" | "use")."""
     if rng.random() < 0.5:
@@ -78,10 +86,7 @@ def chat_scores(lisa: Lisa, rooms, rng: random.Random, max_new_tokens: int) -> t
         for name, mask in sorted(room.masks.items()):
             question, kind = ask(rng, name)
             result = lisa.chat(room.image, question, max_new_tokens=max_new_tokens)
-            rows.append({"room": index, "class": name, "kind": kind, "question": question, "reply": result.text,
-                         "seg": "[SEG]" in result.text and len(result.masks) > 0,
-                         "named": (named_in(result.text, TARGETS) or [None])[0],
-                         "readable": readable(result.text), "iou": iou(result.masks, mask)})
+            rows.append({"room": index, "kind": kind, **answer_row(question, result, name, mask)})
     return summarise(rows), rows
 
 
@@ -103,10 +108,7 @@ def followup_scores(lisa: Lisa, rooms, rng: random.Random, max_new_tokens: int) 
         session.chat(ask(rng, first)[0], max_new_tokens=max_new_tokens)
         question = follow_up(rng, second)
         result = session.chat(question, max_new_tokens=max_new_tokens)
-        rows.append({"room": index, "class": second, "first": first, "question": question, "reply": result.text,
-                     "seg": "[SEG]" in result.text and len(result.masks) > 0,
-                     "named": (named_in(result.text, TARGETS) or [None])[0],
-                     "readable": readable(result.text), "iou": iou(result.masks, room.masks[second])})
+        rows.append({"room": index, "first": first, **answer_row(question, result, second, room.masks[second])})
     return summarise(rows), rows
 
 
