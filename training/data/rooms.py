@@ -273,7 +273,7 @@ def draw_bookshelf(c: Canvas, rng, x, base, s, inst):
 
 
 def draw_television(c: Canvas, rng, x, base, s, inst):
-    w, h = s * rng.uniform(1.3, 1.9), 0
+    w = s * rng.uniform(1.3, 1.9)
     h = w * rng.uniform(0.55, 0.62)
     stand_h = s * rng.uniform(0.35, 0.5)
     stand = wood(rng) if rng.random() < 0.5 else random_colour(rng, val=(0.2, 0.6))
@@ -410,7 +410,7 @@ def draw_room(rng: random.Random, height: int = 192, width: int = 256, targets=(
         if x is None:
             continue
         if name != "rug":
-            c.shadow(x * 1 + s * 0.1, base, HALF_WIDTH[name] * s * 1.1, s * 0.1, rng.uniform(0.2, 0.4))
+            c.shadow(x + s * 0.1, base, HALF_WIDTH[name] * s * 1.1, s * 0.1, rng.uniform(0.2, 0.4))
         DRAW[name](c, rng, x, base, s, inst)
     light_x = rng.uniform(-0.3, 1.3) * width
     gain = 1.0 + rng.uniform(0.08, 0.18) * (1 - np.abs(c.xx - light_x) / (1.5 * width)) - 0.1
