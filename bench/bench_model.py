@@ -35,7 +35,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from lisa_core import Lisa  # noqa: E402
 from lisa_core.checkpoint import DEFAULT_MODEL  # noqa: E402
-from lisa_core.metrics import intersection_union, mask_iou, named_in  # noqa: E402
+from lisa_core.metrics import first_mask_iou, named_in  # noqa: E402
 from training import templates  # noqa: E402
 from training.data.rooms import TARGETS, WALL_COLOURS, draw_room  # noqa: E402
 from training.data.synthetic import no_mask_turn, room_seed, write_reasonseg_split  # noqa: E402
@@ -54,16 +54,12 @@ def readable(reply: str) -> bool:
     return re.sub(r"\s+([.,?!])", r"\1", reply.strip()) in ANSWER_FORMS
 
 
-def iou(masks, target) -> float:
-    return mask_iou(*intersection_union(masks[0], target)) if len(masks) else 0.0
-
-
 def answer_row(question: str, result, name: str, mask) -> dict:
     """What one answer to a question for ``name`` got right."""
     return {"class": name, "question": question, "reply": result.text,
             "seg": "[SEG]" in result.text and len(result.masks) > 0,
             "named": (named_in(result.text, TARGETS) or [None])[0], "readable": readable(result.text),
-            "iou": iou(result.masks, mask)}
+            "iou": first_mask_iou(result.masks, mask)}
 
 
 def ask(rng: random.Random, name: str) -> tuple[str, str]:

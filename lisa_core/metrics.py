@@ -31,6 +31,11 @@ def mask_iou(inter: int, union: int) -> float:
     return inter / (union + 1e-5) + (1.0 if union == 0 else 0.0)
 
 
+def first_mask_iou(masks, target: np.ndarray) -> float:
+    """IoU of an answer's first mask with a 0/1 (or bool) target; 0.0 when the answer has no mask."""
+    return mask_iou(*intersection_union(masks[0], target)) if len(masks) else 0.0
+
+
 def named_in(text: str, names) -> list[str]:
     """The ``names`` that ``text`` mentions as whole words, in the order they appear."""
     found = [(m.start(), n) for n in names for m in [re.search(rf"\b{re.escape(n)}\b", text, re.IGNORECASE)] if m]

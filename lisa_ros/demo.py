@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from lisa_core.checkpoint import DEFAULT_MODEL
-from lisa_core.metrics import intersection_union, mask_iou, named_in
+from lisa_core.metrics import first_mask_iou, named_in
 from lisa_core.output import DEMO_IMAGE, read_ground_truth, read_image
 
 from .dds import local_dds_env
@@ -75,7 +75,7 @@ def check_answer(answer, expected: str, truth: dict) -> bool | None:
         return None
     names = named_in(answer.reply, [n for n in truth if n not in NOT_ASKABLE])
     masks = mask_arrays(answer)
-    iou = mask_iou(*intersection_union(masks[0], truth[expected])) if masks and expected in truth else 0.0
+    iou = first_mask_iou(masks, truth[expected]) if expected in truth else 0.0
     named = ", ".join(names) or "nothing"
     right = bool(names) and names[0] == expected and iou >= 0.5
     print(f"  expected the {expected}: the reply names {named}; mask IoU with the {expected}: {iou:.2f} "

@@ -9,7 +9,7 @@ import pytest
 
 from lisa_core import CheckpointError, Lisa
 from lisa_core.checkpoint import DEFAULT_MODEL, EMBEDDED, resolve_checkpoint
-from lisa_core.metrics import intersection_union, mask_iou, named_in
+from lisa_core.metrics import first_mask_iou, named_in
 from lisa_core.output import DEMO_IMAGE, read_ground_truth, read_image
 from training.data.rooms import TARGETS, draw_room
 from training.data.synthetic import room_seed
@@ -29,7 +29,7 @@ def rooms():
 
 
 def iou(result, mask) -> float:
-    return mask_iou(*intersection_union(result.masks[0], mask)) if result.masks else 0.0
+    return first_mask_iou(result.masks, mask)
 
 
 def test_shipped_in_the_official_layout_within_budget():

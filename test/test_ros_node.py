@@ -359,13 +359,12 @@ def class_mask(room, name):
 
 def answer_check(result, room, name) -> tuple[list, float]:
     """(the objects the reply names, the IoU of its first mask with ``name``'s ground truth)."""
-    from lisa_core.metrics import intersection_union, mask_iou, named_in
+    from lisa_core.metrics import first_mask_iou, named_in
     from lisa_ros.client import mask_arrays
     from training.data.rooms import LABELS
 
     masks = mask_arrays(result)
-    iou = mask_iou(*intersection_union(masks[0], class_mask(room, name))) if masks else 0.0
-    return named_in(result.reply, LABELS[3:]), iou
+    return named_in(result.reply, LABELS[3:]), first_mask_iou(masks, class_mask(room, name))
 
 
 @pytest.fixture(scope="module")
