@@ -32,7 +32,7 @@ bench: setup
 # interrupted lisa-train resumes from runs/lisa-tiny-rooms/checkpoints when this is run again).
 ROOMS := data/rooms
 embedded-model: setup
-	test -f $(ROOMS)/corpus.txt || $(VENV)/bin/lisa-make-rooms $(ROOMS) --scenes 120 --frames 50 --val 200 --seed 0
+	test -f $(ROOMS)/corpus.txt || $(VENV)/bin/lisa-make-rooms $(ROOMS) --scenes 200 --frames 50 --val 200 --seed 0
 	test -f runs/lisa-tiny-rooms-init/config.json || $(VENV)/bin/lisa-make-tiny runs/lisa-tiny-rooms-init --shape rooms --corpus $(ROOMS)/corpus.txt --untouched
 	$(VENV)/bin/lisa-train --config training/configs/lisa_tiny_rooms.yaml
 	rm -rf lisa_core/models/lisa-tiny-rooms

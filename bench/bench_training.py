@@ -77,6 +77,30 @@ def chat_on_best(run_dir: Path, rooms: int) -> dict:
     return chat_scores(module.engine(lisa), held_out, random.Random(0), 24)[0]
 
 
+def token_accuracy(run_dir: Path, config: TrainConfig, held_out: Path, batches: int) -> dict:
+    """Teacher-forced next-token accuracy of the best checkpoint on the answers of held-out frames: the training
+    data's questions and answer forms, on rooms it never saw (argmax at each answer token, ``[SEG]`` and the end of
+    the answer included)."""
+    import torch
+
+    from training.data.mix import Mixture
+    from training.export import load_trained
+    from training.forward import forward_batch
+    from training.losses import next_token_accuracy
+    from training.train import MicroBatches
+
+    lisa, module = load_trained(run_dir, "best")
+    module.eval()
+    right = total = 0
+    with torch.no_grad():
+        for batch in MicroBatches(Mixture(config.datasets, config.seed + 1, held_out), 0, batches, config, lisa):
+            batch.pop("skipped")
+            out = forward_batch(module.lisa_model, batch, lisa.tokenizer.seg_token_id)
+            r, t = next_token_accuracy(out["logits"], out["labels"])
+            right, total = right + r, total + t
+    return {"samples": batches * config.micro_batch, "answer_tokens": total, "accuracy": right / total}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget for training")
@@ -119,6 +143,9 @@ def main(argv=None) -> None:
         summary = train(config, deadline=start + 60 * args.minutes)
         summary["wall_clock_s"] = time.time() - start
         summary["test"] = {"rooms": args.test, "tag": "best", **score_checkpoint(run, test, "best")}
+        held_out = Path(tmp) / "held_out"
+        write_scannet_scenes(held_out / "scannet", 2, frames=50, seed=args.seed + 1000)
+        summary["text"] = token_accuracy(run, config, held_out, batches=25)
         if args.chat_rooms:
             summary["chat"] = chat_on_best(run, args.chat_rooms)
         summary["tiny_model"] = {"clip_patch_size": args.clip_patch, "vocab_size": args.vocab, "seed": args.seed}
@@ -130,6 +157,8 @@ def main(argv=None) -> None:
     print(f"best held-out gIoU {summary['best']['giou']:.3f} (cIoU {summary['best']['ciou']:.3f}) at step "
           f"{summary['best']['step']}; {summary['wall_clock_s'] / 60:.1f} min; best checkpoint on {args.test} "
           f"other rooms: gIoU {summary['test']['giou']:.3f} (cIoU {summary['test']['ciou']:.3f})")
+    print(f"answer tokens right (teacher-forced, {summary['text']['samples']} held-out samples): "
+          f"{summary['text']['accuracy']:.1%}")
     if "chat" in summary:
         chat = summary["chat"]
         print(f"free chat on {args.chat_rooms} rooms: [SEG] {chat['seg_rate']:.1%}, right object named "

@@ -94,8 +94,9 @@ def tiny_sam_spec(img_size: int = 256, embed_dim: int = 32, depth: int = 2, num_
 # Other tiny shapes in the same layout. "rooms": the embedded trained model lisa-tiny-rooms starts from this.
 SHAPES = {
     "default": {},
-    "rooms": {"clip_patch_size": 56, "clip_hidden": 64, "vocab_size": 1000, "sam": {"embed_dim": 96, "depth": 4,
-                                                                                     "num_heads": 4},
+    # SAM at 384 (24×24 image tokens, 8 px of a 192×256 room each): at 256 (16×16), chairs and lamps lost their parts.
+    "rooms": {"sam_img_size": 384, "clip_patch_size": 56, "clip_hidden": 64, "vocab_size": 1000,
+              "sam": {"embed_dim": 96, "depth": 4, "num_heads": 4},
               "llm": {"hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4}},
 }
 
@@ -195,8 +196,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="lisa-make-tiny", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="directory to write the checkpoint to (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="random seed for the weights (default 0)")
-    parser.add_argument("--sam-img-size", type=int, default=256,
-                        help="SAM encoder input size; 1024 is the real size, 256 keeps tests fast (default 256)")
+    parser.add_argument("--sam-img-size", type=int,
+                        help="SAM encoder input size; 1024 is the real size (default: the shape's; 256 for 'default', "
+                             "which keeps tests fast)")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="default",
                         help="network sizes: 'default' (tests), 'rooms' (the start of the embedded lisa-tiny-rooms)")
     parser.add_argument("--corpus", help="a text file (one sentence a line) the tokenizer is trained on as well")
@@ -204,8 +206,10 @@ def main(argv=None) -> None:
                         help="keep the random [SEG] row as drawn (for a start of training)")
     args = parser.parse_args(argv)
     corpus = tuple(Path(args.corpus).read_text().splitlines()) if args.corpus else ()
-    print(make_tiny(args.out_dir, args.seed, args.sam_img_size, corpus=corpus, seg_likely=not args.untouched,
-                    **SHAPES[args.shape]))
+    shape = dict(SHAPES[args.shape])
+    if args.sam_img_size:
+        shape["sam_img_size"] = args.sam_img_size
+    print(make_tiny(args.out_dir, args.seed, corpus=corpus, seg_likely=not args.untouched, **shape))
 
 
 if __name__ == "__main__":

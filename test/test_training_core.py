@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from lisa_core.prompt import conversation_prefixes
 from training.collate import IGNORE_INDEX, Sample, collate, encode_conversation, prepare_batch
 from training.forward import batch_loss
-from training.losses import LossWeights, lisa_loss, mask_bce, mask_dice, next_token_ce
+from training.losses import LossWeights, lisa_loss, mask_bce, mask_dice, next_token_accuracy, next_token_ce
 
 
 @pytest.mark.parametrize("turns", [
@@ -75,6 +75,13 @@ def test_next_token_ce_shifts():
     labels = torch.tensor([[IGNORE_INDEX, 2, IGNORE_INDEX]])
     assert next_token_ce(logits, labels).item() < 1e-6
     assert next_token_ce(logits, torch.tensor([[IGNORE_INDEX, 3, IGNORE_INDEX]])).item() > 10
+
+
+def test_next_token_accuracy_counts_supervised_positions_only():
+    logits = torch.full((1, 4, 5), -10.0)
+    logits[0, 0, 2] = logits[0, 1, 4] = logits[0, 2, 1] = 10.0  # predicts 2, 4, 1 at positions 1, 2, 3
+    assert next_token_accuracy(logits, torch.tensor([[IGNORE_INDEX, 2, 3, IGNORE_INDEX]])) == (1, 2)
+    assert next_token_accuracy(logits, torch.tensor([[IGNORE_INDEX, 2, 4, 1]])) == (3, 3)
 
 
 def test_a_few_steps_learn(tiny_ckpt):

@@ -21,7 +21,8 @@ def expand_labels(labels: list[int], ids: list[int], n_patches: int) -> list[int
 
 
 def forward_batch(model: LisaForCausalLM, batch: dict, seg_token_id: int) -> dict:
-    """A ``collate.prepare_batch`` batch → ``{"ce": CE, "pred_masks": [per image ``[n, H, W]`` logits]}``."""
+    """A ``collate.prepare_batch`` batch → ``{"ce": CE, "logits": [B, L, V], "labels": [B, L] (-100: not
+    supervised), "pred_masks": [per image ``[n, H, W]`` logits]}``."""
     device = model.model.embed_tokens.weight.device
     features = model.encode_clip(batch["clip_pixels"].to(device))  # [n_images, patches, hidden]
     n_images = len(batch["image_sizes"])
@@ -35,7 +36,9 @@ def forward_batch(model: LisaForCausalLM, batch: dict, seg_token_id: int) -> dic
     mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(e), dtype=torch.long) for e in embeds], True).to(device)
     hidden = model.model(inputs_embeds=torch.nn.utils.rnn.pad_sequence(embeds, True), attention_mask=mask,
                          use_cache=False).last_hidden_state
-    ce = next_token_ce(model.lm_head(hidden), torch.nn.utils.rnn.pad_sequence(labels, True, IGNORE_INDEX))
+    logits = model.lm_head(hidden)
+    labels = torch.nn.utils.rnn.pad_sequence(labels, True, IGNORE_INDEX)
+    ce = next_token_ce(logits, labels)
     seg_states = [[] for _ in range(n_images)]
     for row, (ids, image_index) in enumerate(zip(batch["input_ids"], owner)):
         positions = [ends[row][p] for p in seg_hidden_positions(ids, seg_token_id)]
@@ -52,7 +55,7 @@ def forward_batch(model: LisaForCausalLM, batch: dict, seg_token_id: int) -> dic
         logits, _ = model.decode_masks(embedding, model.seg_prompts(states), batch["input_sizes"][i],
                                        batch["image_sizes"][i])
         pred_masks.append(logits)
-    return {"ce": ce, "pred_masks": pred_masks}
+    return {"ce": ce, "logits": logits, "labels": labels, "pred_masks": pred_masks}
 
 
 def batch_loss(model, batch: dict, seg_token_id: int, weights: LossWeights = LossWeights()) -> dict:

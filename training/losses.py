@@ -33,6 +33,14 @@ def next_token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
 
 
+def next_token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """``next_token_ce``'s inputs → (tokens predicted right by argmax, tokens supervised)."""
+    target = labels[:, 1:]
+    supervised = target != -100
+    right = (logits[:, :-1].argmax(-1) == target) & supervised
+    return int(right.sum()), int(supervised.sum())
+
+
 def lisa_loss(ce: torch.Tensor, pred_masks: list[torch.Tensor], gt_masks: list[torch.Tensor],
               weights: LossWeights = LossWeights()) -> dict[str, torch.Tensor]:
     """Per image ``[n_i, H_i, W_i]`` predicted logits and targets → the weighted total and its terms."""

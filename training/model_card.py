@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-RECIPE = """lisa-make-rooms data/rooms --scenes 120 --frames 50 --val 200 --seed 0
+RECIPE = """lisa-make-rooms data/rooms --scenes 200 --frames 50 --val 200 --seed 0
 lisa-make-tiny runs/lisa-tiny-rooms-init --shape rooms --corpus data/rooms/corpus.txt --untouched
 lisa-train --config training/configs/lisa_tiny_rooms.yaml
 lisa-export runs/lisa-tiny-rooms lisa_core/models/lisa-tiny-rooms --tag best --dtype float16"""
@@ -23,6 +23,12 @@ def run_facts(run: Path) -> dict:
     return {"steps": int(rows[-1]["step"]), "samples": int(rows[-1]["samples"]),
             "wall_s": float(rows[-1]["seconds"]), "evals": [(int(r["step"]), float(r["giou"])) for r in evals],
             "best": (int(best["step"]), float(best["giou"])) if best else None}
+
+
+def data_facts(dataset_dir: Path) -> tuple[int, int]:
+    """(scenes, frames) of the ScanNet-layout training data, counted on disk."""
+    scenes = sorted((dataset_dir / "scannet").glob("scene*"))
+    return len(scenes), sum(len(list((s / "color").glob("*.jpg"))) for s in scenes)
 
 
 def size_mb(model_dir: Path) -> float:
@@ -55,6 +61,7 @@ def write_card(run_dir, model_dir, scores_path=None) -> Path:
     config = json.loads((run / "train_config.json").read_text())
     facts = run_facts(run)
     scores = json.loads(Path(scores_path).read_text()) if scores_path else None
+    scenes, frames = data_facts(Path(config["dataset_dir"]))
     best = f"step {facts['best'][0]} (val gIoU {facts['best'][1]:.3f})" if facts["best"] else "the last step"
     card = f"""# lisa-tiny-rooms
 
@@ -73,7 +80,7 @@ of every entry point; `make embedded-model` remakes it, replacing this directory
 {RECIPE}
 ```
 
-Data: 120 scenes × 50 frames (seed 0), 6,000 rooms; validation during training: 200 ReasonSeg-layout rooms
+Data: {scenes} scenes, {frames:,} rooms (seed 0); validation during training: 200 ReasonSeg-layout rooms
 (split seed 1). Training: {facts['steps']} optimizer steps, {facts['samples']:,} samples, {facts['wall_s'] / 60:.0f} min
 on 2 CPU cores (fp32); exported: {best}. Re-running the commands remakes an equivalent model (the data, the init and
 the sample order are seeded; floating-point reductions on another machine may differ in the last bits).

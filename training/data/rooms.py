@@ -391,7 +391,7 @@ def draw_room(rng: random.Random, height: int = 192, width: int = 256, targets=(
     others = sorted(set(TARGETS) - set(include))
     chosen = list(include) + rng.sample(others, max(0, rng.randint(*targets) - len(include)))
     extra = [rng.choice(DISTRACTORS) for _ in range(rng.randint(*distractors))]
-    unit = height / 5.5
+    unit = height / rng.uniform(2.8, 4.6)  # the camera's distance: nearer rooms show fewer, larger things
     wall_taken, floor_taken, standing = [], [], []
     for k, name in enumerate(chosen + extra):
         inst = k + 1
