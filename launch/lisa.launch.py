@@ -1,5 +1,5 @@
 """Launch the LISA node: ``ros2 launch lisa_ros lisa.launch.py [model:=…] [quantization:=4bit] [image_topic:=…]
-[adapter:=DIR] [namespace:=…] [params_file:=…]``. Arguments given here override the parameters file."""
+[adapter:=DIR] [depth_topic:=…] [camera_info_topic:=…] [namespace:=…] [params_file:=…]``. Arguments given here override the parameters file."""
 import os
 
 from ament_index_python.packages import get_package_share_directory
@@ -13,6 +13,8 @@ ARGUMENTS = {
     "quantization": ("none", "none | 4bit | 8bit"),
     "adapter": ("", "LoRA adapter directory (lisa-export --adapter-only); empty: the base model"),
     "image_topic": ("/camera/image_raw", "camera topic"),
+    "depth_topic": ("", "depth registered to the camera (16UC1 mm / 32FC1 m); empty: no 3-D targets"),
+    "camera_info_topic": ("/camera/camera_info", "CameraInfo of the colour camera (with depth_topic)"),
     "dtype": ("auto", "auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16"),
     "device": ("", "torch device; empty: cuda if available"),
 }

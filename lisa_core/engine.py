@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -79,6 +80,29 @@ class ImageState:
     @property
     def size(self) -> tuple[int, int]:
         return self.image.shape[:2]
+
+    @property
+    def encoded(self) -> bool:
+        return self.clip_features is not None and self.sam_embedding is not None
+
+
+class Yielded(Exception):
+    """An encode stopped between two transformer blocks because other work was waiting."""
+
+
+@contextmanager
+def yield_points(blocks, should_yield: Callable[[], bool]):
+    """While active, each of ``blocks`` first asks ``should_yield()`` and raises ``Yielded`` if it says so."""
+    def check(module, args):
+        if should_yield():
+            raise Yielded()
+
+    handles = [block.register_forward_pre_hook(check) for block in blocks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class Stopwatch:
@@ -211,10 +235,27 @@ class Lisa:
             state.sam_embedding = self.model.encode_sam(pixels.to(self.device))
         return state.sam_embedding
 
+    @torch.inference_mode()
+    def encode(self, state: ImageState, should_yield: Callable[[], bool] = lambda: False) -> bool:
+        """Compute ``state``'s CLIP features and SAM embedding ahead of any question (a server's idle time), so a
+        query on it starts at the LLM. ``should_yield()`` is asked before every transformer block of both encoders;
+        when it says so, the stage running is dropped (finished stages are kept) and False is returned."""
+        tower = self.model.model.vision_tower
+        clip_layers = getattr(tower, "vision_model", tower).encoder.layers  # transformers < 5 nests vision_model
+        blocks = [*clip_layers, *self.model.sam.image_encoder.blocks]
+        try:
+            with yield_points(blocks, should_yield):
+                self.clip_features(state)
+                self.sam_embedding(state)
+        except Yielded:
+            return False
+        return True
+
     # ---------------------------------------------------------------- public API
-    def session(self, image: np.ndarray) -> "Session":
-        """A multi-turn conversation about ``image``; it reuses the image encodings and the KV cache."""
-        return Session(self, self.image_state(image))
+    def session(self, image: "np.ndarray | ImageState") -> "Session":
+        """A multi-turn conversation about ``image`` (RGB, or an ``ImageState`` whose encodings it reuses); it
+        reuses the image encodings and the KV cache."""
+        return Session(self, image if isinstance(image, ImageState) else self.image_state(image))
 
     def chat(self, image: np.ndarray, text: str, max_new_tokens: int = 512,
              history: Sequence[tuple[str, str]] | None = None,

@@ -1,7 +1,9 @@
 """What a long-running server (the ROS node) needs around the engine, with no ROS in it: the newest camera frame,
-multi-turn sessions with limits, and a single inference worker with a bounded queue."""
+recent depth frames by stamp, multi-turn sessions with limits, and a single inference worker with a bounded
+queue."""
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 import uuid
@@ -11,7 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .engine import Lisa, LisaResult, Session
+from .engine import ImageState, Lisa, LisaResult, Session
+from .geometry import DepthError
 
 
 class ServingError(ValueError):
@@ -55,12 +58,46 @@ class LatestFrame:
             return self._frame
 
 
+class DepthFrames:
+    """The last ``size`` depth frames by stamp (seconds): an answer takes the one closest in time to its colour
+    frame. Depth and colour arrive on separate topics at their own rates, so "newest" would often be the wrong one."""
+
+    def __init__(self, size: int = 30):
+        self.size = size
+        self._stamps: list[float] = []
+        self._frames: list[Frame] = []
+        self._lock = threading.Lock()
+        self.received = 0
+
+    def put(self, raw, meta, stamp_s: float) -> None:
+        with self._lock:
+            at = bisect.bisect(self._stamps, stamp_s)
+            self._stamps.insert(at, stamp_s)
+            self._frames.insert(at, Frame(raw, meta))
+            if len(self._frames) > self.size:  # drop the oldest
+                del self._stamps[0], self._frames[0]
+            self.received += 1
+
+    def closest(self, stamp_s: float, max_age_s: float) -> Frame:
+        """The frame nearest ``stamp_s``; ``DepthError`` saying why when none is within ``max_age_s``."""
+        with self._lock:
+            if not self._frames:
+                raise DepthError("no depth image received yet")
+            nearest = min(range(len(self._stamps)), key=lambda i: abs(self._stamps[i] - stamp_s))
+            gap = abs(self._stamps[nearest] - stamp_s)
+            if gap > max_age_s:
+                raise DepthError(f"no depth image close enough in time: the nearest is {gap:.3f} s from the colour "
+                                 f"frame (depth_max_age_s {max_age_s:g})")
+            return self._frames[nearest]
+
+
 @dataclass
 class SessionEntry:
     session_id: str
     session: Session
     frame_meta: Any
     last_used: float
+    depth: Any = None  # what a server matched to the session's frame (the node: its depth), kept for later turns
 
 
 class SessionStore:
@@ -157,9 +194,12 @@ class InferenceQueue:
         """Jobs accepted and not finished (running + waiting)."""
         return self._pending
 
-    def submit(self, job: Callable[[], Any], force: bool = False) -> Future:
+    def submit(self, job: Callable[[], Any], force: bool = False, background: bool = False) -> Future:
         """Run ``job`` after those already accepted. ``force``: accepted even when full (control jobs, e.g. an
-        adapter switch, that must run between turns)."""
+        adapter switch, that must run between turns). ``background``: idle-time work (pre-encoding) that is not
+        counted as a request: it never makes a request busy, and it should stop as soon as ``depth`` > 0."""
+        if background:
+            return self._pool.submit(job)
         with self._lock:
             if self._pending > self.max_queued and not force:
                 raise Busy(f"busy: {self._pending} request(s) in progress or queued (limit "
@@ -175,6 +215,59 @@ class InferenceQueue:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class PreEncoder:
+    """Encodes the newest camera frame while the server is idle (CLIP features and SAM image embedding), so that a
+    query on that frame starts at the LLM. It runs as background work on the inference queue and yields between
+    transformer blocks as soon as a request is waiting (finished stages are kept for it). Only the newest frame's
+    encodings are kept; they are dropped when the model's weights change (an adapter switch)."""
+
+    def __init__(self, lisa: Lisa, frames: LatestFrame, queue: InferenceQueue, decode: Callable[[Any], np.ndarray]):
+        self.lisa, self.frames, self.queue, self.decode = lisa, frames, queue, decode
+        self._lock = threading.Lock()
+        self._scheduled = False
+        self._frame: Frame | None = None
+        self._state: ImageState | None = None
+        self._weights = lisa.weights_version
+        self.encoded = self.yielded = self.failed = 0
+
+    def poke(self) -> None:
+        """A frame arrived: schedule an encode if the queue is idle and none is scheduled."""
+        with self._lock:
+            if self._scheduled or self.queue.depth > 0:
+                return
+            self._scheduled = True
+        self.queue.submit(self._run, background=True)
+
+    def state_for(self, frame: Frame) -> ImageState | None:
+        """The encodings (possibly partial) of ``frame`` if it is the pre-encoded one."""
+        with self._lock:
+            if frame is self._frame and self._weights == self.lisa.weights_version:
+                return self._state
+            return None
+
+    def _run(self) -> None:
+        try:
+            if self.queue.depth > 0:
+                return
+            frame = self.frames.get()
+            state = self.state_for(frame)
+            if state is None:
+                state = self.lisa.image_state(self.decode(frame.raw))
+                with self._lock:  # the older frame's encodings go
+                    self._frame, self._state, self._weights = frame, state, self.lisa.weights_version
+            if state.encoded:
+                return
+            if self.lisa.encode(state, should_yield=lambda: self.queue.depth > 0):
+                self.encoded += 1
+            else:
+                self.yielded += 1
+        except Exception:  # an undecodable frame or no frame: the query on it will say why
+            self.failed += 1
+        finally:
+            with self._lock:
+                self._scheduled = False
 
 
 @dataclass

@@ -110,7 +110,7 @@ cmake --install "$BUILD" > "$BUILD/install.log" 2>&1 || { cat "$BUILD/install.lo
 "$PY" -c '
 import lisa_interfaces.msg as m, lisa_interfaces.srv as s, lisa_interfaces.action as a
 from rclpy.type_support import check_for_type_support
-for t in (m.SegmentationResult, m.Latency, m.SessionInfo, s.ResetSession, s.ListSessions, a.Converse):
+for t in (m.SegmentationResult, m.Latency, m.SessionInfo, m.Target3D, s.ResetSession, s.ListSessions, a.Converse):
     check_for_type_support(t)
 ' || { echo "lisa_interfaces: installed, but the import check failed" >&2; exit 1; }
 

@@ -26,6 +26,7 @@ from std_msgs.msg import Header
 from lisa_core.output import overlay, read_image, write_masks, write_png
 
 from .images import numpy_to_image_msg, raw_image_to_rgb
+from .spatial import NO_DEPTH
 
 
 class LisaClient:
@@ -57,12 +58,13 @@ class LisaClient:
         header = Header(stamp=self.node.get_clock().now().to_msg(), frame_id=frame_id)
         return numpy_to_image_msg(rgb, header, Image)
 
-    def converse(self, text: str, session_id: str = "", image: np.ndarray | None = None, reset: bool = False,
+    def converse(self, text: str, session_id: str = "", image: np.ndarray | Image | None = None, reset: bool = False,
                  max_new_tokens: int = 0, timeout: float = 300.0, on_feedback=None):
-        """Send one turn and wait for its ``SegmentationResult`` (``error`` set when the node refused it)."""
+        """Send one turn and wait for its ``SegmentationResult`` (``error`` set when the node refused it). ``image``:
+        RGB (stamped now) or a ready ``sensor_msgs/Image``."""
         goal = Converse.Goal(text=text, session_id=session_id, reset=reset, max_new_tokens=max_new_tokens)
         if image is not None:
-            goal.image = self.image_msg(image)
+            goal.image = image if isinstance(image, Image) else self.image_msg(image)
         sent = self.action.send_goal_async(
             goal, feedback_callback=(lambda m: on_feedback(m.feedback)) if on_feedback else None)
         self.spin_until(sent.done, timeout, "the goal to be accepted")
@@ -88,6 +90,16 @@ def mask_arrays(result) -> list[np.ndarray]:
     return [raw_image_to_rgb(msg)[..., 0] > 0 for msg in result.masks]
 
 
+def target_rows(result) -> list[dict]:
+    """Each mask's 3-D target as plain numbers (``null`` fields when it has none, with the reason)."""
+    def xyz(p):
+        return None if np.isnan(p.x) else [p.x, p.y, p.z]
+
+    return [{"valid": t.valid, "reason": t.reason, "frame_id": t.header.frame_id, "point_m": xyz(t.point),
+             "box_min_m": xyz(t.box_min), "box_max_m": xyz(t.box_max), "centroid_px": [t.centroid_u, t.centroid_v],
+             "valid_depth_share": t.valid_depth_share} for t in result.targets]
+
+
 def save_answer(out: Path, result, image: np.ndarray | None) -> dict:
     """Write mask PNGs, ``overlay.png`` (when the image is known) and ``reply.json``; return the json content."""
     out.mkdir(parents=True, exist_ok=True)
@@ -96,7 +108,7 @@ def save_answer(out: Path, result, image: np.ndarray | None) -> dict:
         write_png(out / "overlay.png", image)
     reply = {"query": result.query, "reply": result.reply, "session_id": result.session_id, "turn": result.turn,
              "error": result.error, "stamp": [result.header.stamp.sec, result.header.stamp.nanosec],
-             "frame_id": result.header.frame_id, "masks": masks,
+             "frame_id": result.header.frame_id, "masks": masks, "targets": target_rows(result),
              "latency_s": {f: getattr(result.latency, f) for f in ("queue_s", "clip_s", "prefill_s", "decode_s",
                                                                    "sam_encode_s", "mask_decode_s", "total_s")}}
     (out / "reply.json").write_text(json.dumps(reply, indent=2) + "\n")
@@ -110,6 +122,12 @@ def print_answer(result, out: Path) -> None:
     print(f"reply: {result.reply}")
     session = f"session {result.session_id} (turn {result.turn}); " if result.session_id else ""
     print(f"{session}{len(result.masks)} mask(s), {result.latency.total_s:.2f} s; saved in {out}")
+    for i, t in enumerate(result.targets, 1):
+        if t.reason == NO_DEPTH:
+            continue
+        where = (f"({t.point.x:.3f}, {t.point.y:.3f}, {t.point.z:.3f}) m in '{t.header.frame_id}', "
+                 f"{t.valid_depth_share:.0%} of the mask with depth" if t.valid else f"no 3-D point: {t.reason}")
+        print(f"mask {i}: {where}")
 
 
 def main(argv=None) -> int:

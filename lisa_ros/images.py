@@ -68,6 +68,31 @@ def raw_image_to_rgb(msg) -> np.ndarray:
     return np.ascontiguousarray(image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2))
 
 
+def depth_image_to_metres(msg) -> np.ndarray:
+    """``sensor_msgs/Image`` depth (``16UC1``/``mono16`` millimetres or ``32FC1`` metres) → H×W float32 metres,
+    invalid pixels NaN; ``ImageDecodeError`` naming the problem (zero size, unknown encoding, short data)."""
+    from lisa_core.geometry import DEPTH_ENCODINGS, DepthError, depth_in_metres
+
+    if msg.width == 0 or msg.height == 0:
+        raise ImageDecodeError(f"depth image has zero size ({msg.width}×{msg.height})")
+    if msg.encoding not in DEPTH_ENCODINGS:
+        raise ImageDecodeError(f"depth encoding '{msg.encoding}' is not one of {', '.join(DEPTH_ENCODINGS)}")
+    dtype = np.dtype(np.float32 if msg.encoding == "32FC1" else np.uint16).newbyteorder(">" if msg.is_bigendian
+                                                                                         else "<")
+    row = msg.width * dtype.itemsize
+    if msg.step < row:
+        raise ImageDecodeError(f"depth step {msg.step} is smaller than a row of {msg.width} '{msg.encoding}' "
+                               f"pixels ({row} bytes)")
+    data = np.frombuffer(msg.data, np.uint8)
+    if data.size < msg.step * msg.height:
+        raise ImageDecodeError(f"depth data has {data.size} bytes; step × height needs {msg.step * msg.height}")
+    rows = data[: msg.step * msg.height].reshape(msg.height, msg.step)[:, :row]
+    try:
+        return depth_in_metres(np.ascontiguousarray(rows).view(dtype).reshape(msg.height, msg.width), msg.encoding)
+    except DepthError as err:
+        raise ImageDecodeError(str(err)) from err
+
+
 def compressed_image_to_rgb(msg) -> np.ndarray:
     """``sensor_msgs/CompressedImage`` (jpeg, png, …) → H×W×3 uint8 RGB."""
     data = np.frombuffer(msg.data, np.uint8)

@@ -26,16 +26,20 @@ from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.task import Future as RosFuture
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import CompressedImage, Image
+from geometry_msgs.msg import PointStamped
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header, String
+from visualization_msgs.msg import MarkerArray
 
 from lisa_core.adapters import AdapterError, read_adapter
 from lisa_core.engine import LisaResult
+from lisa_core.geometry import DepthError, Pinhole, Target3D, centroid, mask_points, mask_target
 from lisa_core.output import overlay
-from lisa_core.serving import (Cancelled, InferenceQueue, LatestFrame, ServingError, SessionStore, TurnRequest,
-                               run_turn)
+from lisa_core.serving import (Cancelled, DepthFrames, InferenceQueue, LatestFrame, PreEncoder, ServingError,
+                               SessionStore, TurnRequest, run_turn)
 
-from .images import ImageDecodeError, numpy_to_image_msg, to_rgb
+from . import spatial
+from .images import ImageDecodeError, depth_image_to_metres, numpy_to_image_msg, to_rgb
 from .params import PARAMETERS
 
 
@@ -47,6 +51,10 @@ class LisaNode(LifecycleNode):
         self.lisa = None
         self.load_error = "model not loaded: the node is not active"
         self.frames = LatestFrame()
+        self.preencoder: PreEncoder | None = None
+        self.depth_frames = DepthFrames()
+        self.camera_info: CameraInfo | None = None
+        self.depth_status = "off: no depth_topic"
         self.sessions: SessionStore | None = None
         self.queue: InferenceQueue | None = None
         self.last_latency_s = float("nan")
@@ -77,15 +85,24 @@ class LisaNode(LifecycleNode):
         self.mask_pub = self.create_publisher(Image, self.param("mask_topic"), 10)
         self.overlay_pub = self.create_publisher(Image, self.param("overlay_topic"), 10)
         self.result_pub = self.create_publisher(SegmentationResult, self.param("result_topic"), 10)
+        self.target_pub = self.create_publisher(PointStamped, self.param("target_topic"), 10)
+        self.markers_pub = self.create_publisher(MarkerArray, self.param("markers_topic"), 10)
+        self.cloud_pub = self.create_publisher(PointCloud2, self.param("mask_cloud_topic"), 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._entities = [
-            self.reply_pub, self.mask_pub, self.overlay_pub, self.result_pub, self.diag_pub,
+            self.reply_pub, self.mask_pub, self.overlay_pub, self.result_pub, self.target_pub, self.markers_pub,
+            self.cloud_pub, self.diag_pub,
             self.create_subscription(image_type, self.param("image_topic"), self.on_image, qos),
             self.create_subscription(String, self.param("query_topic"), self.on_query, 10),
             self.create_service(ResetSession, "lisa/reset_session", self.on_reset),
             self.create_service(ListSessions, "lisa/list_sessions", self.on_list),
             self.create_timer(self.param("diagnostics_period_s"), self.publish_diagnostics),
         ]
+        if self.param("depth_topic"):
+            self.depth_status = "waiting for depth"
+            self._entities += [
+                self.create_subscription(Image, self.param("depth_topic"), self.on_depth, qos),
+                self.create_subscription(CameraInfo, self.param("camera_info_topic"), self.on_camera_info, qos)]
         self._completions = queue.SimpleQueue()
         self._wake = self.create_guard_condition(self.deliver_completions)
         self._entities.append(self._wake)
@@ -123,6 +140,8 @@ class LisaNode(LifecycleNode):
                 self.adapter_error = f"the adapter failed to load: {err}; serving the base model"
                 self.get_logger().error(self.adapter_error)
                 self.set_adapter_param("")
+        if self.param("preencode"):
+            self.preencoder = PreEncoder(self.lisa, self.frames, self.queue, to_rgb)
         gc.collect()
         gc.freeze()  # the model's many long-lived objects out of the collector's way: no GC pauses on callbacks
         self.get_logger().info(f"active: {self.param('model')} on {self.lisa.device} ({self.lisa.dtype}), "
@@ -143,7 +162,7 @@ class LisaNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def release_model(self, reason: str) -> None:
-        self.lisa, self.load_error, self.adapter_path = None, reason, ""
+        self.lisa, self.load_error, self.adapter_path, self.preencoder = None, reason, "", None
         if self.sessions is not None:
             self.sessions.clear(reason)
         gc.unfreeze()
@@ -234,9 +253,17 @@ class LisaNode(LifecycleNode):
     # ---------------------------------------------------------------- inputs
     def on_image(self, msg) -> None:
         self.frames.put(msg, msg.header)
+        if self.preencoder is not None:
+            self.preencoder.poke()
         stamp = msg.header.stamp
         age_ms = (time.time_ns() - (stamp.sec * 10**9 + stamp.nanosec)) / 1e6  # meaningful on one clock
         self.frame_age_max_ms = max(self.frame_age_max_ms, age_ms)
+
+    def on_depth(self, msg: Image) -> None:
+        self.depth_frames.put(msg, msg.header, stamp_s(msg.header))
+
+    def on_camera_info(self, msg: CameraInfo) -> None:
+        self.camera_info = msg
 
     def on_query(self, msg: String) -> None:
         received = time.perf_counter()
@@ -257,9 +284,13 @@ class LisaNode(LifecycleNode):
                                f"({self.param('max_query_chars')})")
 
     def latest_frame(self):
+        """(``ImageState``, header) of the newest frame: its pre-encoded state when there is one."""
         frame = self.frames.get()
+        preencoded = self.preencoder.state_for(frame) if self.preencoder is not None else None
+        if preencoded is not None:
+            return preencoded, frame.meta
         try:
-            return to_rgb(frame.raw), frame.meta
+            return self.lisa.image_state(to_rgb(frame.raw)), frame.meta
         except ImageDecodeError as err:
             raise ServingError(f"newest camera frame is unusable: {err}") from err
 
@@ -268,8 +299,9 @@ class LisaNode(LifecycleNode):
         started = time.perf_counter()
         header = Header()
         try:
-            image, header = self.latest_frame()
-            result = self.lisa.chat(image, text, max_new_tokens=self.param("max_new_tokens"))
+            state, header = self.latest_frame()
+            image = state.image
+            result = self.lisa.session(state).chat(text, max_new_tokens=self.param("max_new_tokens"))
         except (ServingError, ValueError) as err:
             self.publish_error(text, header, str(err), received)
             return
@@ -278,7 +310,7 @@ class LisaNode(LifecycleNode):
             self.publish_error(text, header, f"internal error: {err}", received)
             return
         msg = self.result_msg(text, header, result, image, "", started - received, received)
-        self.publish_outputs(msg, image, result)
+        self.publish_outputs(msg, image, result, self.locate(header, result.masks))
 
     # ---------------------------------------------------------------- sessions (action)
     async def execute_turn(self, goal_handle):
@@ -313,7 +345,7 @@ class LisaNode(LifecycleNode):
                 source = image if image is not None else entry.session.state.image
                 msg = self.result_msg(goal.text, entry.frame_meta, result, source, entry.session_id,
                                       started - received, received)
-                self.publish_outputs(msg, source, result)
+                self.publish_outputs(msg, source, result, self.locate(entry.frame_meta, result.masks, entry))
                 outcome["msg"] = msg
             except Cancelled:
                 outcome["cancelled"] = True
@@ -386,7 +418,52 @@ class LisaNode(LifecycleNode):
                                   mask_areas=[int(m.sum()) for m in result.masks], latency=latency,
                                   adapter=self.adapter_path)
 
-    def publish_outputs(self, msg: SegmentationResult, image: np.ndarray, result: LisaResult) -> None:
+    # ---------------------------------------------------------------- 3-D targets
+    def matched_depth(self, header, entry=None):
+        """(depth in metres, colour camera, depth header) for the colour frame ``header``: the depth frame closest
+        in stamp, kept with a session for its later turns. ``DepthError`` saying why there is none."""
+        if entry is not None and entry.depth is not None:
+            return entry.depth
+        if not self.param("depth_topic"):
+            raise DepthError(spatial.NO_DEPTH)
+        if self.camera_info is None:
+            raise DepthError(f"no camera info received yet on '{self.param('camera_info_topic')}'")
+        frame = self.depth_frames.closest(stamp_s(header), self.param("depth_max_age_s"))
+        info = self.camera_info
+        try:
+            matched = (depth_image_to_metres(frame.raw), Pinhole.from_k(info.k, info.width, info.height), frame.meta)
+        except ImageDecodeError as err:
+            raise DepthError(f"depth image unusable: {err}") from err
+        if entry is not None:
+            entry.depth = matched
+        return matched
+
+    def locate(self, header, masks, entry=None) -> tuple[list, PointCloud2 | None]:
+        """Per mask its ``Target3D`` message (invalid, with the reason, when depth is missing or unusable) and, only
+        while someone subscribes to it, the masks' point cloud."""
+        if not masks:
+            return [], None
+        try:
+            depth_m, camera, depth_header = self.matched_depth(header, entry)
+            targets = [mask_target(m, depth_m, camera) for m in masks]
+            points = (np.concatenate([mask_points(m, depth_m, camera) for m in masks])
+                      if self.cloud_pub.get_subscription_count() > 0 else None)
+            self.depth_status = "ok"
+        except DepthError as err:  # bad or missing depth spoils the 3-D part of this answer only
+            self.depth_status = str(err)
+            targets, points, depth_header = [Target3D.invalid(str(err), centroid(m)) for m in masks], None, header
+        stamped = Header(stamp=header.stamp, frame_id=depth_header.frame_id)
+        return ([spatial.target_msg(t, stamped) for t in targets],
+                spatial.cloud(points, stamped) if points is not None else None)
+
+    def publish_outputs(self, msg: SegmentationResult, image: np.ndarray, result: LisaResult, located) -> None:
+        msg.targets, cloud = located
+        if msg.targets and msg.targets[0].valid:
+            self.target_pub.publish(spatial.target_point(msg.targets[0]))
+        if msg.targets:
+            self.markers_pub.publish(spatial.markers(msg.targets, msg.query[:40]))
+        if cloud is not None:
+            self.cloud_pub.publish(cloud)
         union = result.union_mask(image.shape[:2]).astype(np.uint8) * 255
         self.mask_pub.publish(numpy_to_image_msg(union, msg.header, Image))
         if self.param("publish_overlay") and self.overlay_pub.get_subscription_count() > 0:
@@ -416,14 +493,22 @@ class LisaNode(LifecycleNode):
             "sessions": str(len(self.sessions) if self.sessions else 0), "served": str(self.served),
             "frames_received": str(self.frames.received), "error": self.load_error,
             "frame_age_max_ms": f"{self.frame_age_max_ms:.1f}",
+            "depth": self.depth_status, "depth_frames_received": str(self.depth_frames.received),
+            "camera_info": "received" if self.camera_info is not None else "none",
+            "preencoded": (f"{self.preencoder.encoded} encoded, {self.preencoder.yielded} yielded"
+                           if self.preencoder is not None else "off"),
         }
         self.frame_age_max_ms = float("-inf")
-        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: LISA engine", hardware_id=values["device"],
+        status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: LISA engine", hardware_id=values["device"],
                                   message=(self.adapter_error or "ready") if self.lisa is not None else
                                   self.load_error,
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
         self.diag_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
                                               status=[status]))
+
+
+def stamp_s(header) -> float:
+    return header.stamp.sec + header.stamp.nanosec * 1e-9
 
 
 def main(args=None) -> int:

@@ -29,17 +29,28 @@ PARAMETERS = (
     Param("image_topic", "/camera/image_raw", "camera topic"),
     Param("image_transport", "raw", "raw (sensor_msgs/Image) | compressed (sensor_msgs/CompressedImage)"),
     Param("image_qos", "sensor_data", "sensor_data (best effort, depth 1) | reliable (depth 1)"),
+    Param("depth_topic", "", "sensor_msgs/Image depth registered to the colour camera (16UC1 millimetres or 32FC1 "
+          "metres); each answer then gets a 3-D target per mask; empty: no depth"),
+    Param("camera_info_topic", "/camera/camera_info", "sensor_msgs/CameraInfo of the colour camera (with depth_topic)"),
+    Param("depth_max_age_s", 0.1, "the depth frame used is the one closest in stamp to the colour frame, at most "
+          "this far from it"),
     Param("query_topic", "lisa/query", "std_msgs/String: a one-shot question about the newest frame"),
     Param("reply_topic", "lisa/reply", "std_msgs/String: the reply text (or 'error: …')"),
     Param("mask_topic", "lisa/mask", "sensor_msgs/Image mono8 0/255: union of the reply's masks, header = frame's"),
     Param("overlay_topic", "lisa/overlay", "sensor_msgs/Image rgb8: masks drawn on the frame, only when subscribed"),
     Param("result_topic", "lisa/result", "lisa_interfaces/SegmentationResult: everything about one answer"),
+    Param("target_topic", "lisa/target", "geometry_msgs/PointStamped: the first mask's 3-D point (only when valid)"),
+    Param("markers_topic", "lisa/markers", "visualization_msgs/MarkerArray: a box and a label per mask, replaced on "
+          "each answer"),
+    Param("mask_cloud_topic", "lisa/mask_cloud", "sensor_msgs/PointCloud2: the masks' points (only when subscribed)"),
     Param("publish_overlay", True, "publish overlays (only ever when someone subscribes)"),
     Param("max_sessions", 8, "sessions kept at once; the least recently used is evicted beyond this"),
     Param("session_idle_timeout_s", 600.0, "a session unused this long is dropped"),
     Param("max_turns", 20, "turns per session; then the session must be reset"),
     Param("busy_policy", "queue", "queue | reject: what happens to a request while the model is busy"),
     Param("max_queue", 4, "with busy_policy=queue: requests that may wait behind the running one"),
+    Param("preencode", True, "while idle, encode the newest camera frame (CLIP + SAM) so a query on it starts at the "
+          "LLM; yields at once to a query"),
     Param("cpu_threads", 0, "torch CPU threads for inference (0: torch's default); fewer leaves cores to ROS"),
     Param("autostart", True, "configure and activate on start (loads the model); false: wait for lifecycle calls"),
     Param("diagnostics_period_s", 1.0, "period of /diagnostics"),

@@ -267,13 +267,17 @@ def get_parameter(client, name, node_name="/lisa") -> str:
     return call(client, GetParameters, f"{node_name}/get_parameters", request).values[0].string_value
 
 
-def wait_for_diagnostics(client, check, timeout=30.0) -> dict:
-    """The newest /diagnostics values once ``check(values)`` holds."""
+def wait_for_diagnostics(client, check, timeout=30.0, node_name=None) -> dict:
+    """The newest /diagnostics values (of ``node_name`` only, when given) once ``check(values)`` holds."""
     deadline = time.monotonic() + timeout
+
+    def received():
+        return [m for m in client.diagnostics if node_name is None or m.status[0].name.startswith(f"{node_name}:")]
+
     while True:
         client.diagnostics.clear()
-        client.spin_until(lambda: client.diagnostics, 5, "diagnostics")
-        values = {kv.key: kv.value for kv in client.diagnostics[-1].status[0].values}
+        client.spin_until(received, 5, "diagnostics")
+        values = {kv.key: kv.value for kv in received()[-1].status[0].values}
         if check(values) or time.monotonic() > deadline:
             return values
 
@@ -371,7 +375,8 @@ def answer_check(result, room, name) -> tuple[list, float]:
 def embedded(ros, tmp_path_factory):
     """lisa-node with no model given: the embedded lisa-tiny-rooms, in namespace /embedded."""
     log = tmp_path_factory.mktemp("embedded") / "node.log"
-    process = start_node(log, namespace="/embedded", device="cpu", max_new_tokens=24)
+    process = start_node(log, namespace="/embedded", device="cpu", max_new_tokens=24, depth_topic="depth/image",
+                         camera_info_topic="camera/camera_info")
     client = LisaClient(context=ros, namespace="embedded")
     client.diagnostics = []
     client.node.create_subscription(DiagnosticArray, "/diagnostics", client.diagnostics.append, 10)
@@ -432,3 +437,120 @@ def test_adapter_trained_on_a_new_class_switched_in_at_run_time(embedded, plant_
     finally:
         assert set_parameter(client, "adapter", "", "/embedded/lisa").successful
     assert process.poll() is None
+
+
+# --- 3-D targets from depth (the embedded node, depth on /embedded/depth/image) ----------------------------------
+FOCAL = 300.0  # px, the synthetic camera of the 256×192 rooms
+
+
+def camera_info(width=256, height=192):
+    from sensor_msgs.msg import CameraInfo
+
+    info = CameraInfo(width=width, height=height,
+                      k=[FOCAL, 0.0, (width - 1) / 2, 0.0, FOCAL, (height - 1) / 2, 0.0, 0.0, 1.0])
+    info.header.frame_id = "camera_color_optical_frame"
+    return info
+
+
+def box_depth(room, name, box_m=1.2, wall_m=3.0):
+    """Metres: the object ``name`` (its mask, grown by 3 px) a flat face at ``box_m``, everything else ``wall_m``."""
+    import cv2
+
+    grown = cv2.dilate(class_mask(room, name).astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+    return np.where(grown, box_m, wall_m).astype(np.float32)
+
+
+def depth_msg(metres, encoding, stamp_sec):
+    data = (np.nan_to_num(metres * 1000, nan=0.0).round().astype(np.uint16) if encoding == "16UC1"
+            else metres.astype(np.float32))
+    msg = Image(height=metres.shape[0], width=metres.shape[1], encoding=encoding, is_bigendian=0,
+                step=metres.shape[1] * data.itemsize, data=data.tobytes())
+    msg.header.stamp.sec, msg.header.frame_id = stamp_sec, "camera_depth_optical_frame"
+    return msg
+
+
+@pytest.fixture(scope="module")
+def depth_io(embedded):
+    from geometry_msgs.msg import PointStamped
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo
+    from visualization_msgs.msg import MarkerArray
+
+    client, _ = embedded
+    io = {"depth": client.node.create_publisher(Image, "depth/image", qos_profile_sensor_data),
+          "info": client.node.create_publisher(CameraInfo, "camera/camera_info", qos_profile_sensor_data),
+          "targets": [], "markers": []}
+    client.node.create_subscription(PointStamped, "lisa/target", io["targets"].append, 10)
+    client.node.create_subscription(MarkerArray, "lisa/markers", io["markers"].append, 10)
+    return io
+
+
+def send_depth(client, io, msg):
+    """Publish depth + camera info (best effort) until the node's diagnostics count one more depth frame."""
+    seen = int(wait_for_diagnostics(client, lambda v: True, node_name="/embedded/lisa")["depth_frames_received"])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        io["info"].publish(camera_info())
+        io["depth"].publish(msg)
+        values = wait_for_diagnostics(client, lambda v: True, node_name="/embedded/lisa")
+        if int(values["depth_frames_received"]) > seen and values["camera_info"] == "received":
+            return
+    raise TimeoutError("the node never counted the depth frame")
+
+
+def stamped_image(client, room, stamp_sec):
+    return image_msg(client, room.image, stamp_sec)
+
+
+def test_answer_without_depth_says_why_and_publishes_no_point(embedded, depth_io):
+    client, _ = embedded
+    room, = held_out_rooms("sink")
+    result = client.converse("Where can I wash my hands?", image=stamped_image(client, room, 3000), timeout=60)
+    assert result.error == "" and result.masks and len(result.targets) == len(result.masks)
+    assert not result.targets[0].valid and result.targets[0].reason  # no camera info / depth received yet
+    assert np.isnan(result.targets[0].point.z) and not depth_io["targets"]
+
+
+def test_three_d_target_of_a_box_at_a_known_distance(embedded, depth_io):
+    from lisa_core.geometry import Pinhole, mask_target
+    from lisa_ros.client import mask_arrays
+
+    client, process = embedded
+    room, = held_out_rooms("sink")
+    clean = box_depth(room, "sink")
+    camera = Pinhole.from_k(camera_info().k, 256, 192)
+    send_depth(client, depth_io, depth_msg(clean, "16UC1", 3001))
+    result = client.converse("Where can I wash my hands?", image=stamped_image(client, room, 3001), timeout=60)
+    target = result.targets[0]
+    assert target.valid, target.reason
+    assert abs(target.point.z - 1.2) < 0.01  # the mask (IoU ≥ 0.5 with the sink) sits on the box's face
+    truth = mask_target(mask_arrays(result)[0], clean, camera)
+    point = np.array([target.point.x, target.point.y, target.point.z])
+    assert np.linalg.norm(point - truth.point) < 0.01 and target.valid_depth_share == pytest.approx(1.0)
+    assert (target.header.frame_id, target.header.stamp.sec) == ("camera_depth_optical_frame", 3001)
+    client.spin_until(lambda: depth_io["targets"] and depth_io["markers"], 10, "lisa/target and lisa/markers")
+    published = depth_io["targets"][-1]
+    assert published.header.stamp.sec == 3001 and published.point.z == pytest.approx(target.point.z)
+    kinds = [m.type for m in depth_io["markers"][-1].markers]
+    from visualization_msgs.msg import Marker
+    assert depth_io["markers"][-1].markers[0].action == Marker.DELETEALL and Marker.CUBE in kinds
+
+    # the same box in 32FC1 at half the size, with noise and 30 % of the pixels without depth
+    rng = np.random.default_rng(0)
+    small = clean[::2, ::2] + rng.normal(0, 0.01, (96, 128)).astype(np.float32)
+    small[rng.random((96, 128)) < 0.3] = np.nan
+    send_depth(client, depth_io, depth_msg(small, "32FC1", 3002))
+    noisy = client.converse("Where can I wash my hands?", image=stamped_image(client, room, 3002), timeout=60)
+    target = noisy.targets[0]
+    assert target.valid and 0.6 < target.valid_depth_share < 0.8
+    assert np.linalg.norm(np.array([target.point.x, target.point.y, target.point.z]) - truth.point) < 0.02
+
+    # bad depth (an unknown encoding) spoils only the 3-D part: the answer is given, the node keeps serving
+    bad = depth_msg(clean, "16UC1", 3003)
+    bad.encoding = "rgb8"
+    send_depth(client, depth_io, bad)
+    spoiled = client.converse("Where can I wash my hands?", image=stamped_image(client, room, 3003), timeout=60)
+    assert spoiled.error == "" and spoiled.masks and not spoiled.targets[0].valid
+    assert "depth encoding 'rgb8'" in spoiled.targets[0].reason
+    late = client.converse("Where can I wash my hands?", image=stamped_image(client, room, 3010), timeout=60)
+    assert "close enough in time" in late.targets[0].reason and process.poll() is None

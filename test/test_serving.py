@@ -5,8 +5,9 @@ import time
 import numpy as np
 import pytest
 
-from lisa_core.serving import (Busy, InferenceQueue, LatestFrame, ServingError, SessionStore, TurnRequest,
-                               run_turn)
+from lisa_core.geometry import DepthError
+from lisa_core.serving import (Busy, DepthFrames, InferenceQueue, LatestFrame, ServingError, SessionStore,
+                               TurnRequest, run_turn)
 
 QUESTION = "Where can I wash my hands?"
 
@@ -26,6 +27,18 @@ def test_latest_frame_keeps_only_the_newest():
     for i in range(5):
         frames.put(f"raw{i}", {"stamp": i})
     assert frames.get().raw == "raw4" and frames.get().meta == {"stamp": 4} and frames.received == 5
+
+
+def test_depth_frames_closest_in_time_within_the_age_limit():
+    depth = DepthFrames(size=3)
+    with pytest.raises(DepthError, match="no depth image received"):
+        depth.closest(1.0, 0.1)
+    for stamp in (1.0, 1.1, 0.9, 1.2):  # out of order, as two topics deliver; 0.9 is then the oldest, dropped
+        depth.put(f"d{stamp}", None, stamp)
+    assert depth.closest(1.04, 0.1).raw == "d1.0" and depth.closest(1.16, 0.1).raw == "d1.2"
+    with pytest.raises(DepthError, match="0.200 s from the colour frame"):
+        depth.closest(0.8, 0.1)  # 0.9 was dropped: the nearest left is 1.0
+    assert depth.received == 4
 
 
 def test_session_limits(tiny_lisa, room_image):
@@ -89,3 +102,80 @@ def test_queue_runs_in_order_and_rejects_when_full():
         reject.submit(lambda: None)
     gate.set()
     running.result(5)
+
+
+class FakeQueue:
+    """Stands in for InferenceQueue: background jobs are kept to be run by hand; ``depth`` reads 0 until
+    ``busy_after`` reads (then 1), so a test decides where in an encode a request "arrives"."""
+
+    def __init__(self, busy_after=10**9):
+        self.jobs, self.reads, self.busy_after = [], 0, busy_after
+
+    @property
+    def depth(self):
+        self.reads += 1
+        return int(self.reads > self.busy_after)
+
+    def submit(self, job, background=False):
+        assert background
+        self.jobs.append(job)
+
+
+def count_calls(monkeypatch, obj, name):
+    calls = []
+    original = getattr(obj, name)
+    monkeypatch.setattr(obj, name, lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+def test_preencoded_frame_is_answered_without_the_encoders(tiny_lisa, room_image, monkeypatch):
+    from lisa_core.serving import PreEncoder
+
+    frames, queue = LatestFrame(), FakeQueue()
+    pre = PreEncoder(tiny_lisa, frames, queue, decode=lambda raw: raw)
+    frames.put(room_image, "meta")
+    pre.poke()
+    pre.poke()  # one encode scheduled at a time
+    assert len(queue.jobs) == 1
+    queue.jobs.pop()()
+    state = pre.state_for(frames.get())
+    assert state.encoded and pre.encoded == 1
+    clip_calls = count_calls(monkeypatch, tiny_lisa.model, "encode_clip")
+    sam_calls = count_calls(monkeypatch, tiny_lisa.model, "encode_sam")
+    result = tiny_lisa.session(state).chat(QUESTION, max_new_tokens=8)
+    embedding = tiny_lisa.sam_embedding(state)  # what a [SEG] in the reply would decode on
+    assert result.text and clip_calls == [] and sam_calls == [] and embedding is state.sam_embedding
+    frames.put(room_image.copy(), "newer")
+    assert pre.state_for(frames.get()) is None  # only the newest frame's encodings count
+
+
+def test_preencode_yields_to_a_waiting_request_keeping_finished_stages(tiny_lisa, room_image):
+    from lisa_core.serving import PreEncoder
+
+    clip_blocks = len(tiny_lisa.model.model.vision_tower.encoder.layers)
+    # depth reads: poke, the job's start, one per CLIP block; the request "arrives" before SAM's first block
+    queue = FakeQueue(busy_after=2 + clip_blocks)
+    frames = LatestFrame()
+    pre = PreEncoder(tiny_lisa, frames, queue, decode=lambda raw: raw)
+    frames.put(room_image, "meta")
+    pre.poke()
+    queue.jobs.pop()()
+    state = pre.state_for(frames.get())
+    assert pre.yielded == 1 and state.clip_features is not None and state.sam_embedding is None
+    queue.busy_after = 10**9  # idle again: the next encode finishes the SAM stage only
+    pre.poke()
+    queue.jobs.pop()()
+    assert pre.encoded == 1 and pre.state_for(frames.get()) is state and state.encoded
+
+
+def test_preencode_never_blocks_or_counts_against_requests(tiny_lisa, room_image):
+    from lisa_core.serving import PreEncoder
+
+    queue = InferenceQueue(max_queued=0)  # busy_policy=reject: any counted job would refuse a request
+    frames = LatestFrame()
+    pre = PreEncoder(tiny_lisa, frames, queue, decode=lambda raw: raw)
+    frames.put(room_image, "meta")
+    pre.poke()
+    future = queue.submit(lambda: "served")  # accepted although the pre-encode may be running
+    assert future.result(timeout=30) == "served" and queue.depth == 0
+    queue.shutdown()
