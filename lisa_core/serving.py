@@ -57,6 +57,9 @@ class LatestFrame:
                 raise ServingError("no camera image received yet: publish one on the image topic first")
             return self._frame
 
+    def newest(self) -> Frame | None:
+        return self._frame
+
 
 class DepthFrames:
     """The last ``size`` depth frames by stamp (seconds): an answer takes the one closest in time to its colour
@@ -219,35 +222,58 @@ class InferenceQueue:
 
 class PreEncoder:
     """Encodes the newest camera frame while the server is idle (CLIP features and SAM image embedding), so that a
-    query on that frame starts at the LLM. It runs as background work on the inference queue and yields between
-    transformer blocks as soon as a request is waiting (finished stages are kept for it). Only the newest frame's
-    encodings are kept; they are dropped when the model's weights change (an adapter switch)."""
+    query starts at the LLM. It runs as background work on the inference queue, yields between transformer blocks as
+    soon as a request is waiting (finished stages are kept) and, when done, moves on to the newest frame. Kept: the
+    last fully encoded frame and the one being encoded; both are dropped when the model's weights change (an
+    adapter switch). A query takes the last encoded frame while it is the newest or at most ``max_age_s`` old
+    (0: any age) — on a live stream whose frames come faster than an encode, that is how a query skips the
+    encoders — and the newest frame otherwise."""
 
-    def __init__(self, lisa: Lisa, frames: LatestFrame, queue: InferenceQueue, decode: Callable[[Any], np.ndarray]):
+    def __init__(self, lisa: Lisa, frames: LatestFrame, queue: InferenceQueue, decode: Callable[[Any], np.ndarray],
+                 max_age_s: float = 2.0, clock: Callable[[], float] = time.monotonic):
         self.lisa, self.frames, self.queue, self.decode = lisa, frames, queue, decode
+        self.max_age_s, self._clock = max_age_s, clock
         self._lock = threading.Lock()
         self._scheduled = False
-        self._frame: Frame | None = None
-        self._state: ImageState | None = None
+        self._done: tuple[Frame, ImageState] | None = None
+        self._working: tuple[Frame, ImageState] | None = None
         self._weights = lisa.weights_version
         self.encoded = self.yielded = self.failed = 0
 
     def poke(self) -> None:
-        """A frame arrived: schedule an encode if the queue is idle and none is scheduled."""
+        """A frame arrived (or an encode ended): schedule an encode if the queue is idle and none is scheduled."""
         with self._lock:
             if self._scheduled or self.queue.depth > 0:
                 return
             self._scheduled = True
         self.queue.submit(self._run, background=True)
 
-    def state_for(self, frame: Frame) -> ImageState | None:
-        """The encodings (possibly partial) of ``frame`` if it is the pre-encoded one."""
+    def ready(self) -> tuple[Frame, ImageState] | None:
+        """The last fully encoded frame and its state, if a query may use it (see the class)."""
         with self._lock:
-            if frame is self._frame and self._weights == self.lisa.weights_version:
-                return self._state
+            self._drop_stale()
+            if self._done is None:
+                return None
+            frame, state = self._done
+            fresh = not self.max_age_s or self._clock() - frame.received <= self.max_age_s
+            return self._done if fresh or frame is self.frames.newest() else None
+
+    def state_for(self, frame: Frame) -> ImageState | None:
+        """``frame``'s encodings (possibly partial) if it is the encoded or the in-progress frame."""
+        with self._lock:
+            self._drop_stale()
+            for kept in (self._done, self._working):
+                if kept is not None and kept[0] is frame:
+                    return kept[1]
             return None
 
+    def _drop_stale(self) -> None:
+        if self._weights != self.lisa.weights_version:
+            self._done = self._working = None
+            self._weights = self.lisa.weights_version
+
     def _run(self) -> None:
+        finished = False
         try:
             if self.queue.depth > 0:
                 return
@@ -255,19 +281,23 @@ class PreEncoder:
             state = self.state_for(frame)
             if state is None:
                 state = self.lisa.image_state(self.decode(frame.raw))
-                with self._lock:  # the older frame's encodings go
-                    self._frame, self._state, self._weights = frame, state, self.lisa.weights_version
+                with self._lock:
+                    self._working = (frame, state)
             if state.encoded:
                 return
-            if self.lisa.encode(state, should_yield=lambda: self.queue.depth > 0):
-                self.encoded += 1
-            else:
-                self.yielded += 1
-        except Exception:  # an undecodable frame or no frame: the query on it will say why
+            finished = self.lisa.encode(state, should_yield=lambda: self.queue.depth > 0)
+            with self._lock:
+                if finished and self._working is not None and self._working[1] is state:
+                    self._done, self._working = self._working, None
+            self.encoded += finished
+            self.yielded += not finished
+        except Exception:  # an undecodable frame: the query on it will say why
             self.failed += 1
         finally:
             with self._lock:
                 self._scheduled = False
+        if finished:  # newer frames came in meanwhile: encode the newest next
+            self.poke()
 
 
 @dataclass

@@ -141,7 +141,8 @@ class LisaNode(LifecycleNode):
                 self.get_logger().error(self.adapter_error)
                 self.set_adapter_param("")
         if self.param("preencode"):
-            self.preencoder = PreEncoder(self.lisa, self.frames, self.queue, to_rgb)
+            self.preencoder = PreEncoder(self.lisa, self.frames, self.queue, to_rgb,
+                                         self.param("preencode_max_age_s"))
         gc.collect()
         gc.freeze()  # the model's many long-lived objects out of the collector's way: no GC pauses on callbacks
         self.get_logger().info(f"active: {self.param('model')} on {self.lisa.device} ({self.lisa.dtype}), "
@@ -284,11 +285,16 @@ class LisaNode(LifecycleNode):
                                f"({self.param('max_query_chars')})")
 
     def latest_frame(self):
-        """(``ImageState``, header) of the newest frame: its pre-encoded state when there is one."""
+        """(``ImageState``, header) of the frame to answer on: the pre-encoded one when a query may use it
+        (``preencode_max_age_s``), else the newest (with what is already encoded of it)."""
         frame = self.frames.get()
-        preencoded = self.preencoder.state_for(frame) if self.preencoder is not None else None
-        if preencoded is not None:
-            return preencoded, frame.meta
+        if self.preencoder is not None:
+            ready = self.preencoder.ready()
+            if ready is not None:
+                return ready[1], ready[0].meta
+            partial = self.preencoder.state_for(frame)
+            if partial is not None:
+                return partial, frame.meta
         try:
             return self.lisa.image_state(to_rgb(frame.raw)), frame.meta
         except ImageDecodeError as err:

@@ -51,6 +51,8 @@ PARAMETERS = (
     Param("max_queue", 4, "with busy_policy=queue: requests that may wait behind the running one"),
     Param("preencode", True, "while idle, encode the newest camera frame (CLIP + SAM) so a query on it starts at the "
           "LLM; yields at once to a query"),
+    Param("preencode_max_age_s", 2.0, "a query answers on the last pre-encoded frame while it is at most this old "
+          "(the answer's header says which frame), else on the newest; 0: any age"),
     Param("cpu_threads", 0, "torch CPU threads for inference (0: torch's default); fewer leaves cores to ROS"),
     Param("autostart", True, "configure and activate on start (loads the model); false: wait for lifecycle calls"),
     Param("diagnostics_period_s", 1.0, "period of /diagnostics"),

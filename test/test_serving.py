@@ -145,8 +145,30 @@ def test_preencoded_frame_is_answered_without_the_encoders(tiny_lisa, room_image
     result = tiny_lisa.session(state).chat(QUESTION, max_new_tokens=8)
     embedding = tiny_lisa.sam_embedding(state)  # what a [SEG] in the reply would decode on
     assert result.text and clip_calls == [] and sam_calls == [] and embedding is state.sam_embedding
+    encoded_frame = frames.get()
     frames.put(room_image.copy(), "newer")
-    assert pre.state_for(frames.get()) is None  # only the newest frame's encodings count
+    assert pre.ready()[0] is encoded_frame  # a newer frame, but the encoded one is young enough to answer on
+    assert pre.state_for(frames.get()) is None
+
+
+def test_preencoded_frame_too_old_is_not_used(tiny_lisa, room_image):
+    from lisa_core.serving import PreEncoder
+
+    clock, frames, queue = FakeClock(), LatestFrame(), FakeQueue()
+    pre = PreEncoder(tiny_lisa, frames, queue, decode=lambda raw: raw, max_age_s=2.0, clock=clock)
+    frames.put(room_image, "meta")
+    pre.poke()
+    queue.jobs.pop()()
+    first = frames.get()
+    first.received = clock.now = 100.0
+    assert pre.ready()[0] is first
+    clock.now = 103.0
+    assert pre.ready()[0] is first  # still the newest frame: any age will do
+    frames.put(room_image.copy(), "newer")
+    assert pre.ready() is None  # a newer frame exists and the encoded one is 3 s old
+    assert len(queue.jobs) == 1  # the finished encode scheduled the next one
+    queue.jobs.pop()()
+    assert pre.ready()[0] is frames.get() and pre.encoded == 2
 
 
 def test_preencode_yields_to_a_waiting_request_keeping_finished_stages(tiny_lisa, room_image):
@@ -162,10 +184,12 @@ def test_preencode_yields_to_a_waiting_request_keeping_finished_stages(tiny_lisa
     queue.jobs.pop()()
     state = pre.state_for(frames.get())
     assert pre.yielded == 1 and state.clip_features is not None and state.sam_embedding is None
+    assert pre.ready() is None and not queue.jobs
     queue.busy_after = 10**9  # idle again: the next encode finishes the SAM stage only
     pre.poke()
     queue.jobs.pop()()
     assert pre.encoded == 1 and pre.state_for(frames.get()) is state and state.encoded
+    assert pre.ready()[1] is state
 
 
 def test_preencode_never_blocks_or_counts_against_requests(tiny_lisa, room_image):
