@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -109,7 +109,10 @@ class Stopwatch:
     def __init__(self):
         self.times: dict[str, float] = {}
 
-    def measure(self, stage: str):
+    def measure(self, stage: str, when: bool = True):
+        """Time a stage (``when`` False: nothing is recorded, e.g. an encoding that is reused)."""
+        if not when:
+            return nullcontext()
         watch = self
 
         class _Span:
@@ -304,7 +307,7 @@ class Lisa:
         """``[n, H]`` hidden states → (``[n, H, W]`` float32 logits, ``[n]`` scores)."""
         if hidden.shape[0] == 0:
             return torch.zeros((0, *state.size)), torch.zeros(0)
-        with watch.measure("sam_encode"):
+        with watch.measure("sam_encode", when=state.sam_embedding is None):
             embedding = self.sam_embedding(state)
         with watch.measure("mask_decode"):
             prompts = self.model.seg_prompts(hidden)
@@ -371,7 +374,7 @@ class Session:
         try:
             features = None
             if IMAGE_TOKEN_INDEX in fed:
-                with watch.measure("clip"):
+                with watch.measure("clip", when=self.state.clip_features is None):
                     features = lisa.clip_features(self.state)
             n_patches = 0 if features is None else features.shape[0]
             budget = lisa._check_context(fed, n_patches, self.cached_positions, max_new_tokens)

@@ -116,6 +116,22 @@ def test_query_on_published_image(client, room_image):
     assert result.latency.total_s > 0 and result.latency.new_tokens == 8
 
 
+def test_query_on_a_preencoded_frame_skips_the_encoders(client, room_image):
+    """The node encodes the newest frame while idle: the question on it starts at the LLM."""
+    def encoded():
+        return int(wait_for_diagnostics(client, lambda v: True)["preencoded"].split()[0])
+
+    before = encoded()
+    msg = image_msg(client, room_image, 4000)
+    deadline = time.monotonic() + 20
+    while encoded() == before:
+        assert time.monotonic() < deadline, "the node never pre-encoded the frame"
+        client.camera.publish(msg)
+    result = ask(client, QUESTION)
+    assert result.error == "" and result.header.stamp.sec == 4000
+    assert result.latency.clip_s == 0 and result.latency.sam_encode_s == 0 and result.latency.prefill_s > 0
+
+
 def test_three_turn_session_reuses_the_image(client, room_image):
     first = client.converse(QUESTION, image=room_image, timeout=30)
     assert first.error == "" and first.turn == 1 and first.session_id
