@@ -32,6 +32,10 @@ setup(
             "lisa-export = training.export:main",
             "lisa-eval = training.evaluate:main",
             "lisa-make-rooms = training.data.synthetic:main",
+            # the ROS names (ros2 run lisa_ros lisa_node, the launch file); the same programs as above
+            "lisa_node = lisa_ros.node:main",
+            "lisa_query = lisa_ros.client:main",
+            "lisa_demo = lisa_ros.demo:main",
         ],
     },
 )

@@ -29,7 +29,7 @@ def generate_launch_description():
         DeclareLaunchArgument("params_file", default_value=default_params, description="parameters YAML"),
     ]
     node = LifecycleNode(
-        package="lisa_ros", executable="lisa-node", name="lisa", namespace=LaunchConfiguration("namespace"),
+        package="lisa_ros", executable="lisa_node", name="lisa", namespace=LaunchConfiguration("namespace"),
         output="screen",
         parameters=[LaunchConfiguration("params_file"),
                     {name: LaunchConfiguration(name) for name in ARGUMENTS}],
