@@ -1,0 +1,128 @@
+"""The robot path of the README, as a ROS user runs it: a colcon workspace built from a clean clone with the README's
+own `colcon build` line, `source install/setup.bash` in a fresh shell, then the README's `ros2 launch`,
+`ros2 topic pub` and `ros2 topic echo` lines as typed (the model argument aside: the embedded model stands in for
+LISA-7B, which cannot be downloaded here). The ROS 2 CLI and launch come from ../shared/ros2_cli (the part a ROS
+install provides), colcon from PyPI in a prefix of its own (it pins an older setuptools). Takes a few minutes."""
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CLI = ROOT.parent / "shared" / "ros2_cli"
+VENV = Path(sys.prefix)
+ROS2_CLI = VENV / "ros2_cli"
+COLCON = VENV / "colcon"
+DOMAIN = 60 + os.getpid() % 30
+
+pytestmark = pytest.mark.skipif(not (SHARED_CLI / "install.sh").is_file(),
+                                reason="../shared/ros2_cli (the ROS 2 CLI and launch sources) is not here, so the "
+                                       "README's ros2 commands cannot be run; a ROS install runs them as written")
+
+
+def readme_robot_lines() -> list[str]:
+    """The command lines of the README's first robot code block (the ROS 2 node section)."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## The ROS 2 node.*?```bash\n(.*?)```", text, re.S).group(1)
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line and not line.startswith("#")]
+
+
+def readme_line(prefix: str) -> str:
+    lines = [line for line in readme_robot_lines() if line.startswith(prefix)]
+    assert lines, f"the README's robot section has no '{prefix} …' line"
+    return lines[0]
+
+
+def shell(ws: Path, *lines: str) -> str:
+    """A bash script run in a fresh shell: the 'ROS install' sourced, then ``lines``, in the workspace."""
+    return "\n".join(["set -e", f"source {shlex.quote(str(ROS2_CLI / 'setup.bash'))}",
+                      f"export PATH={COLCON / 'bin'}:$PATH CMAKE_PREFIX_PATH={VENV}",
+                      f"export ROS_DOMAIN_ID={DOMAIN} ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST",
+                      f"export FASTDDS_DEFAULT_PROFILES_FILE={ROOT / 'lisa_ros' / 'fastdds_local.xml'}",
+                      f"cd {shlex.quote(str(ws))}", *lines])
+
+
+def run(ws: Path, *lines: str, timeout: float = 900, colcon_path: bool = False) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "AMENT", "ROS_", "COLCON"))}
+    if colcon_path:  # colcon's setup.py children import colcon_core from its own prefix
+        env["PYTHONPATH"] = str(next(COLCON.glob("lib/python3*/site-packages")))
+    done = subprocess.run(["bash", "-c", shell(ws, *lines)], capture_output=True, text=True, timeout=timeout,
+                          env=env)
+    assert done.returncode == 0, f"{lines} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def tools():
+    """The ROS 2 CLI/launch and colcon, installed once per venv (minutes the first time, a no-op after)."""
+    subprocess.run(["bash", str(SHARED_CLI / "install.sh"), str(VENV)], check=True, capture_output=True, timeout=900)
+    if not (COLCON / "bin" / "colcon").is_file():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--ignore-installed", "--prefix", str(COLCON),
+                        "colcon-common-extensions"], check=True, capture_output=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def workspace(tools, tmp_path_factory):
+    ws = tmp_path_factory.mktemp("ws")
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(ws / "src" / "lisa_ros")], check=True, timeout=300)
+    run(ws, readme_line("colcon build").split(" && ")[0], colcon_path=True)
+    return ws
+
+
+def test_installed_where_ros2_run_and_launch_look(workspace):
+    out = run(workspace, "source install/setup.bash", "python3 - <<'EOF'\n" + """
+import os
+from ament_index_python.packages import get_package_prefix, get_package_share_directory
+from rclpy.type_support import check_for_type_support
+import lisa_interfaces.msg as m
+prefix, share = get_package_prefix('lisa_ros'), get_package_share_directory('lisa_ros')
+for exe in ('lisa_node', 'lisa_query', 'lisa_demo'):
+    path = os.path.join(prefix, 'lib', 'lisa_ros', exe)
+    assert os.access(path, os.X_OK), path
+for f in ('launch/lisa.launch.py', 'config/lisa.yaml', 'package.xml'):
+    assert os.path.isfile(os.path.join(share, f)), f
+check_for_type_support(m.SegmentationResult)
+print('prefix', prefix, m.__file__)
+EOF""", "ros2 pkg executables lisa_ros")
+    assert f"prefix {workspace}/install/lisa_ros" in out and f"{workspace}/install/lisa_interfaces" in out
+    assert "lisa_ros lisa_node" in out
+
+
+def test_readme_launch_topic_pub_and_echo_as_typed(workspace):
+    launch = readme_line("ros2 launch")
+    launch = re.sub(r"model:=\S+ ", "", launch)  # LISA-7B cannot be downloaded here: the embedded default instead
+    launch = re.sub(r"quantization:=\S+ ", "", launch) + " device:=cpu"  # bitsandbytes 4-bit needs CUDA
+    camera_topic = re.search(r"image_topic:=(\S+)", launch).group(1)
+    camera = ("python3 -c \"import time, rclpy; from rclpy.qos import qos_profile_sensor_data as q; "
+              "from sensor_msgs.msg import Image; from std_msgs.msg import Header; "
+              "from lisa_core.output import DEMO_IMAGE, read_image; from lisa_ros.images import numpy_to_image_msg; "
+              "rclpy.init(); n = rclpy.create_node('camera'); p = n.create_publisher(Image, "
+              f"'{camera_topic}', q); m = numpy_to_image_msg(read_image(DEMO_IMAGE), Header(frame_id='cam'), Image)\n"
+              "while True: p.publish(m); time.sleep(0.1)\"")
+    echo = subprocess.Popen(["bash", "-c", shell(workspace, "source install/setup.bash",
+                                                 f"{camera} & CAMERA=$!", f"{launch} & LAUNCH=$!",
+                                                 "trap 'kill -INT $LAUNCH; kill $CAMERA; wait' EXIT",
+                                                 readme_line("ros2 topic echo"))],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    os.set_blocking(echo.stdout.fileno(), False)
+    printed, answers = "", []
+    try:
+        deadline = time.monotonic() + 300
+        while not answers and time.monotonic() < deadline:  # until the node is up, replies say why not
+            run(workspace, "source install/setup.bash", readme_line("ros2 topic pub"), timeout=120)
+            time.sleep(3)
+            printed += echo.stdout.read() or ""
+            answers = [line for line in printed.splitlines() if line.startswith("data:") and "error:" not in line]
+        assert answers, printed[-3000:]
+        assert "sink" in answers[0] and "[SEG]" in answers[0], answers
+    finally:
+        os.killpg(echo.pid, 2)
+        try:
+            echo.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(echo.pid, 9)
