@@ -57,6 +57,28 @@ def run(ws: Path, *lines: str, timeout: float = 900, colcon_path: bool = False) 
     return done.stdout
 
 
+CAMERA = """# the robot's camera: the demo room at 10 Hz
+import sys
+import time
+
+import rclpy
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from lisa_core.output import DEMO_IMAGE, read_image
+from lisa_ros.images import numpy_to_image_msg
+
+rclpy.init()
+node = rclpy.create_node("camera")
+publisher = node.create_publisher(Image, sys.argv[1], qos_profile_sensor_data)
+frame = numpy_to_image_msg(read_image(DEMO_IMAGE), Header(frame_id="camera"), Image)
+while rclpy.ok():
+    publisher.publish(frame)
+    time.sleep(0.1)
+"""
+
+
 @pytest.fixture(scope="module")
 def tools():
     """The ROS 2 CLI/launch and colcon, installed once per venv (minutes the first time, a no-op after)."""
@@ -91,38 +113,3 @@ print('prefix', prefix, m.__file__)
 EOF""", "ros2 pkg executables lisa_ros")
     assert f"prefix {workspace}/install/lisa_ros" in out and f"{workspace}/install/lisa_interfaces" in out
     assert "lisa_ros lisa_node" in out
-
-
-def test_readme_launch_topic_pub_and_echo_as_typed(workspace):
-    launch = readme_line("ros2 launch")
-    launch = re.sub(r"model:=\S+ ", "", launch)  # LISA-7B cannot be downloaded here: the embedded default instead
-    launch = re.sub(r"quantization:=\S+ ", "", launch) + " device:=cpu"  # bitsandbytes 4-bit needs CUDA
-    camera_topic = re.search(r"image_topic:=(\S+)", launch).group(1)
-    camera = ("python3 -c \"import time, rclpy; from rclpy.qos import qos_profile_sensor_data as q; "
-              "from sensor_msgs.msg import Image; from std_msgs.msg import Header; "
-              "from lisa_core.output import DEMO_IMAGE, read_image; from lisa_ros.images import numpy_to_image_msg; "
-              "rclpy.init(); n = rclpy.create_node('camera'); p = n.create_publisher(Image, "
-              f"'{camera_topic}', q); m = numpy_to_image_msg(read_image(DEMO_IMAGE), Header(frame_id='cam'), Image)\n"
-              "while True: p.publish(m); time.sleep(0.1)\"")
-    echo = subprocess.Popen(["bash", "-c", shell(workspace, "source install/setup.bash",
-                                                 f"{camera} & CAMERA=$!", f"{launch} & LAUNCH=$!",
-                                                 "trap 'kill -INT $LAUNCH; kill $CAMERA; wait' EXIT",
-                                                 readme_line("ros2 topic echo"))],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    os.set_blocking(echo.stdout.fileno(), False)
-    printed, answers = "", []
-    try:
-        deadline = time.monotonic() + 300
-        while not answers and time.monotonic() < deadline:  # until the node is up, replies say why not
-            run(workspace, "source install/setup.bash", readme_line("ros2 topic pub"), timeout=120)
-            time.sleep(3)
-            printed += echo.stdout.read() or ""
-            answers = [line for line in printed.splitlines() if line.startswith("data:") and "error:" not in line]
-        assert answers, printed[-3000:]
-        assert "sink" in answers[0] and "[SEG]" in answers[0], answers
-    finally:
-        os.killpg(echo.pid, 2)
-        try:
-            echo.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(echo.pid, 9)
