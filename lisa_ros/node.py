@@ -8,6 +8,7 @@ adapter directory, empty = the base model) is checked when set and switched on t
 from __future__ import annotations
 
 import gc
+import signal
 import sys
 import queue
 import time
@@ -534,6 +535,9 @@ def main(args=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # A terminal's Ctrl-C reaches the node twice under ros2 launch (the process group's, then launch's own):
+        # the second must not cut the release of the model short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         node.release_model("shutting down")
         node.destroy_node()
         rclpy.try_shutdown()

@@ -6,8 +6,10 @@ install provides), colcon from PyPI in a prefix of its own (it pins an older set
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,10 +28,11 @@ pytestmark = pytest.mark.skipif(not (SHARED_CLI / "install.sh").is_file(),
 
 
 def readme_robot_lines() -> list[str]:
-    """The command lines of the README's first robot code block (the ROS 2 node section)."""
-    text = (ROOT / "README.md").read_text()
-    block = re.search(r"## The ROS 2 node.*?```bash\n(.*?)```", text, re.S).group(1)
-    return [line.split("  #")[0].strip() for line in block.splitlines() if line and not line.startswith("#")]
+    """The command lines of the README's robot code blocks (the ROS 2 node section), comments stripped."""
+    section = re.search(r"## The ROS 2 node\n(.*?)\n## ", (ROOT / "README.md").read_text(), re.S).group(1)
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    return [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()
+            if line and not line.startswith("#")]
 
 
 def readme_line(prefix: str) -> str:
@@ -43,6 +46,7 @@ def shell(ws: Path, *lines: str) -> str:
     return "\n".join(["set -e", f"source {shlex.quote(str(ROS2_CLI / 'setup.bash'))}",
                       f"export PATH={COLCON / 'bin'}:$PATH CMAKE_PREFIX_PATH={VENV}",
                       f"export ROS_DOMAIN_ID={DOMAIN} ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST",
+                      "export PYTHONUNBUFFERED=1",  # what `ros2 topic echo` prints reaches the pipe at once
                       f"export FASTDDS_DEFAULT_PROFILES_FILE={ROOT / 'lisa_ros' / 'fastdds_local.xml'}",
                       f"cd {shlex.quote(str(ws))}", *lines])
 
@@ -113,3 +117,111 @@ print('prefix', prefix, m.__file__)
 EOF""", "ros2 pkg executables lisa_ros")
     assert f"prefix {workspace}/install/lisa_ros" in out and f"{workspace}/install/lisa_interfaces" in out
     assert "lisa_ros lisa_node" in out
+
+
+def started(ws: Path, *lines: str) -> subprocess.Popen:
+    """A long-running command (the last of ``lines``, exec'd so that signals reach it) in its own session."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "AMENT", "ROS_", "COLCON"))}
+    *setup, command = lines
+    return subprocess.Popen(["bash", "-c", shell(ws, "source install/setup.bash", *setup, "exec " + command)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+
+
+def stop(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Ctrl-C, as a user stops it. Fails if it does not end by itself within ``timeout``."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise AssertionError(f"{process.args[-1].splitlines()[-1]} still ran {timeout} s after Ctrl-C")
+
+
+def without_real_model(line: str) -> str:
+    """LISA-7B cannot be downloaded here and bitsandbytes 4-bit needs CUDA: the embedded default model on the CPU."""
+    line = re.sub(r" (-p )?model:=\S+", "", line)
+    line = re.sub(r" quantization:=\S+", "", line)
+    return line + (" -p device:=cpu" if "--ros-args" in line else " device:=cpu")
+
+
+def ask_until_answered(ws: Path, echo_lines: list[str]) -> list[str]:
+    """The README's `ros2 topic pub` line, again until `ros2 topic echo` shows an answer (not `error: …`)."""
+    deadline, answers = time.monotonic() + 240, []
+    while not answers and time.monotonic() < deadline:
+        run(ws, "source install/setup.bash", readme_line("ros2 topic pub"), timeout=120)
+        time.sleep(2)
+        answers = [line for line in echo_lines if line.startswith("data:") and "error:" not in line]
+    return answers
+
+
+def reader(process: subprocess.Popen) -> list[str]:
+    """Lines the process prints, collected on a thread."""
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True).start()
+    return lines
+
+
+@pytest.fixture
+def camera(workspace):
+    (workspace / "camera.py").write_text(CAMERA)
+    topic = re.search(r"image_topic:=(\S+)", readme_line("ros2 launch")).group(1)
+    process = started(workspace, f"python3 camera.py {topic}")
+    yield topic
+    stop(process)
+
+
+def test_readme_launch_topic_pub_echo_and_node_commands_as_typed(workspace, camera):
+    launch = started(workspace, without_real_model(readme_line("ros2 launch")))
+    launched = reader(launch)
+    echo = started(workspace, readme_line("ros2 topic echo"))
+    echoed = reader(echo)
+    try:
+        answers = ask_until_answered(workspace, echoed)
+        assert answers, "".join(echoed[-10:] + launched[-40:])
+        assert "sink" in answers[0] and "[SEG]" in answers[0], answers
+
+        assert "lisa-tiny-rooms" in run(workspace, "source install/setup.bash", readme_line("ros2 param get"))
+        assert "active [3]" in run(workspace, "source install/setup.bash", readme_line("ros2 lifecycle get"))
+        goal = run(workspace, "source install/setup.bash", readme_line("ros2 action send_goal"), timeout=180)
+        assert "Goal finished with status: SUCCEEDED" in goal and "stage: generating" in goal
+        assert re.search(r"reply: .*(chair|sofa|bed)", goal), goal[-2000:]
+        sessions = run(workspace, "source install/setup.bash", readme_line("ros2 service call /lisa/list_sessions"))
+        assert "SessionInfo(session_id=" in sessions
+        query = run(workspace, "source install/setup.bash", readme_line("ros2 run lisa_ros lisa_query"), timeout=180)
+        assert "sink" in query and (workspace / "lisa_reply" / "reply.json").is_file()
+
+        refused = subprocess_output(workspace, readme_line("ros2 param set /lisa adapter"))
+        assert "Setting parameter failed" in refused  # /path/to/adapter does not exist: refused, still serving
+        lifecycle = readme_line("ros2 lifecycle set /lisa deactivate")
+        run(workspace, "source install/setup.bash", lifecycle)
+        assert "inactive [2]" in run(workspace, "source install/setup.bash", readme_line("ros2 lifecycle get"))
+        run(workspace, "source install/setup.bash", lifecycle.replace("deactivate", "activate"), timeout=120)
+        assert "active [3]" in run(workspace, "source install/setup.bash", readme_line("ros2 lifecycle get"))
+    finally:
+        stop(echo)
+        stop(launch, timeout=60)
+    time.sleep(0.5)  # the reader thread's last lines
+    assert "process has finished cleanly" in "".join(launched), "".join(launched[-30:])  # Ctrl-C ends the node too
+
+
+def test_readme_ros2_run_line_serves_the_topic_query(workspace, camera):
+    node = started(workspace, without_real_model(readme_line("ros2 run lisa_ros lisa_node")))
+    logged = reader(node)
+    echo = started(workspace, readme_line("ros2 topic echo"))
+    echoed = reader(echo)
+    try:
+        answers = ask_until_answered(workspace, echoed)
+        assert answers and "sink" in answers[0], "".join(logged[-60:])
+    finally:
+        stop(echo)
+        stop(node, timeout=60)
+
+
+def subprocess_output(ws: Path, line: str) -> str:
+    """stdout and stderr of a README line that may exit non-zero (a refused parameter does)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "AMENT", "ROS_", "COLCON"))}
+    done = subprocess.run(["bash", "-c", shell(ws, "source install/setup.bash", line)], capture_output=True,
+                          text=True, timeout=60, env=env)
+    return done.stdout + done.stderr
