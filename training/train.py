@@ -339,6 +339,7 @@ def _train(config: TrainConfig, max_steps: int | None, deadline: float | None, s
     last_steps = min(config.total_steps, max_steps or config.total_steps)
     bar = tqdm(total=last_steps, initial=engine.global_steps, desc="training", unit="step", disable=None)
     start, running, skipped = time.time(), [], defaultdict(Counter)
+    first_step, next_note = engine.global_steps, time.time() + 60
     micro_batches = MicroBatches(data, samples_seen, (last_steps - engine.global_steps) * config.grad_accum,
                                  config, lisa, rank, torch.distributed.get_world_size())
     loader = micro_batch_loader(micro_batches, config.workers)
@@ -375,6 +376,12 @@ def _train(config: TrainConfig, max_steps: int | None, deadline: float | None, s
         rows.append(row)
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.3f}", **({"giou": f"{row['giou']:.3f}"} if "giou" in row else {}))
+        if bar.disable and time.time() >= next_note:  # no terminal (nohup, CI): a log line a minute, not a bar
+            next_note, per_step = time.time() + 60, (time.time() - start) / (step - first_step)
+            log.info("step %d/%d  loss %.3f  %.2f s/step  ~%.0f min left", step, last_steps, row["loss"], per_step,
+                     (last_steps - step) * per_step / 60)
+        if "giou" in row:
+            log.info("step %d: validation gIoU %.3f, cIoU %.3f", step, row["giou"], row["ciou"])
         if step % config.checkpoint_every == 0 or step == last_steps:
             engine.save_checkpoint(str(checkpoints), tag=f"step_{step}",
                                    client_state={"samples_seen": samples_seen, "best": best})
