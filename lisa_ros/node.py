@@ -40,7 +40,8 @@ from lisa_core.serving import (Cancelled, DepthFrames, InferenceQueue, LatestFra
                                SessionStore, TurnRequest, run_turn)
 
 from . import spatial
-from .images import ImageDecodeError, depth_image_to_metres, numpy_to_image_msg, to_rgb
+from .images import (ImageDecodeError, RefusedFrame, check_frame_size, depth_image_to_metres, numpy_to_image_msg,
+                     to_rgb)
 from .params import PARAMETERS
 
 
@@ -61,6 +62,7 @@ class LisaNode(LifecycleNode):
         self.last_latency_s = float("nan")
         self.served = 0
         self.frame_age_max_ms = float("-inf")  # worst image-callback delay since the last diagnostics message
+        self.frames_refused = 0  # camera frames over max_image_pixels / max_compressed_bytes
         self._entities = []
         self.adapter_path = ""  # the adapter the model runs with now ("": the base model); the parameter may be ahead
         self.adapter_error = ""  # why the adapter last asked for is not the one running
@@ -142,7 +144,7 @@ class LisaNode(LifecycleNode):
                 self.get_logger().error(self.adapter_error)
                 self.set_adapter_param("")
         if self.param("preencode"):
-            self.preencoder = PreEncoder(self.lisa, self.frames, self.queue, to_rgb,
+            self.preencoder = PreEncoder(self.lisa, self.frames, self.queue, self.decode_image,
                                          self.param("preencode_max_age_s"))
         gc.collect()
         gc.freeze()  # the model's many long-lived objects out of the collector's way: no GC pauses on callbacks
@@ -254,11 +256,17 @@ class LisaNode(LifecycleNode):
 
     # ---------------------------------------------------------------- inputs
     def on_image(self, msg) -> None:
-        self.frames.put(msg, msg.header)
+        header, frame = msg.header, msg
+        try:
+            check_frame_size(msg, self.param("max_image_pixels"), self.param("max_compressed_bytes"))
+        except ImageDecodeError as err:  # keep why, not the message: a query on this frame gets the reason
+            self.frames_refused += 1
+            self.get_logger().warning(f"camera frame refused: {err}", throttle_duration_sec=5.0)
+            frame = RefusedFrame(str(err))
+        self.frames.put(frame, header)
         if self.preencoder is not None:
             self.preencoder.poke()
-        stamp = msg.header.stamp
-        age_ms = (time.time_ns() - (stamp.sec * 10**9 + stamp.nanosec)) / 1e6  # meaningful on one clock
+        age_ms = (time.time_ns() - (header.stamp.sec * 10**9 + header.stamp.nanosec)) / 1e6  # meaningful on one clock
         self.frame_age_max_ms = max(self.frame_age_max_ms, age_ms)
 
     def on_depth(self, msg: Image) -> None:
@@ -275,6 +283,10 @@ class LisaNode(LifecycleNode):
             self.queue.submit(lambda: self.serve_query(text, received))
         except ServingError as err:
             self.publish_error(text, Header(), str(err), received)
+
+    def decode_image(self, msg):
+        """A camera frame or goal image → RGB, within ``max_image_pixels`` / ``max_compressed_bytes``."""
+        return to_rgb(msg, self.param("max_image_pixels"), self.param("max_compressed_bytes"))
 
     def check_request(self, text: str) -> None:
         if self.lisa is None:
@@ -297,7 +309,7 @@ class LisaNode(LifecycleNode):
             if partial is not None:
                 return partial, frame.meta
         try:
-            return self.lisa.image_state(to_rgb(frame.raw)), frame.meta
+            return self.lisa.image_state(self.decode_image(frame.raw)), frame.meta
         except ImageDecodeError as err:
             raise ServingError(f"newest camera frame is unusable: {err}") from err
 
@@ -343,7 +355,7 @@ class LisaNode(LifecycleNode):
                 if goal_handle.is_cancel_requested:
                     raise Cancelled()
                 self.check_request(goal.text)
-                image = to_rgb(goal.image) if goal.image.width else None
+                image = self.decode_image(goal.image) if goal.image.width else None
                 request = TurnRequest(goal.text, goal.session_id, image, goal.image.header, goal.reset,
                                       goal.max_new_tokens or self.param("max_new_tokens"))
                 feedback.stage = "encoding"
@@ -498,7 +510,8 @@ class LisaNode(LifecycleNode):
             "quantization": self.param("quantization"), "last_latency_s": f"{self.last_latency_s:.3f}",
             "queue_depth": str(self.queue.depth if self.queue else 0),
             "sessions": str(len(self.sessions) if self.sessions else 0), "served": str(self.served),
-            "frames_received": str(self.frames.received), "error": self.load_error,
+            "frames_received": str(self.frames.received), "frames_refused": str(self.frames_refused),
+            "error": self.load_error,
             "frame_age_max_ms": f"{self.frame_age_max_ms:.1f}",
             "depth": self.depth_status, "depth_frames_received": str(self.depth_frames.received),
             "camera_info": "received" if self.camera_info is not None else "none",

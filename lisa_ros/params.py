@@ -28,6 +28,9 @@ PARAMETERS = (
     Param("max_query_chars", 2000, "longer queries are refused with an error"),
     Param("image_topic", "/camera/image_raw", "camera topic"),
     Param("image_transport", "raw", "raw (sensor_msgs/Image) | compressed (sensor_msgs/CompressedImage)"),
+    Param("max_image_pixels", 3840 * 2160, "camera frames and goal images over this many pixels (raw: height × "
+          "width; compressed: the dimensions in its header) are refused before decoding, with an error naming both"),
+    Param("max_compressed_bytes", 16 * 1024 * 1024, "compressed frames over this many bytes are refused unread"),
     Param("image_qos", "sensor_data", "sensor_data (best effort, depth 1) | reliable (depth 1)"),
     Param("depth_topic", "", "sensor_msgs/Image depth registered to the colour camera (16UC1 millimetres or 32FC1 "
           "metres); each answer then gets a 3-D target per mask; empty: no depth"),

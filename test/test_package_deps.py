@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 INSTALLED_CODE = ["lisa_core", "lisa_ros", "training", "launch"]  # what setup.py installs (packages, launch files)
 OWN = {"lisa_core", "lisa_ros", "training"}
-SYSTEM_KEYS = {"numpy": "python3-numpy", "cv2": "python3-opencv", "yaml": "python3-yaml"}
+SYSTEM_KEYS = {"numpy": "python3-numpy", "cv2": "python3-opencv", "yaml": "python3-yaml", "PIL": "python3-pil"}
 ROS_PACKAGES_NOT_ON_PYPI = {"launch", "launch_ros", "cv_bridge"}  # a ROS install has them; this venv may not
 USED_WITHOUT_IMPORT = {"action_msgs": "rclpy.action's goal status and cancel messages",
                        "lifecycle_msgs": "rclpy.lifecycle's states and transitions"}

@@ -112,7 +112,7 @@ def test_query_on_published_image(client, room_image):
     client.spin_until(lambda: len(client.masks) > received, 5, "the union mask")
     union = client.masks[-1]
     assert union.header.stamp.sec == 1000 and (union.height, union.width) == room_image.shape[:2]
-    client.spin_until(lambda: client.replies[-1].data == result.reply, 5, "the same reply on lisa/reply")
+    client.spin_until(lambda: client.replies and client.replies[-1].data == result.reply, 5, "the same reply on lisa/reply")
     assert result.latency.total_s > 0 and result.latency.new_tokens == 8
 
 
@@ -181,11 +181,12 @@ def test_cancel(client, room_image):
 
 
 @pytest.mark.parametrize("case", ["empty", "huge", "encoding", "zero_size", "short_step", "short_data",
-                                  "unknown_session"])
+                                  "oversized", "unknown_session"])
 def test_bad_input_gets_an_error(client, room_image, case):
     msg, text, session = client.image_msg(room_image[:20, :30].copy()), QUESTION, ""
-    expected = {"empty": "query is empty", "huge": "max_query_chars", "encoding": "unknown image encoding",
+    expected = {"empty": "query is empty", "huge": "max_query_chars", "encoding": "not accepted on the camera topic",
                 "zero_size": "zero size", "short_step": "step", "short_data": "bytes",
+                "oversized": "4000×3000 = 12000000 pixels, over max_image_pixels (8294400)",
                 "unknown_session": "unknown session id"}[case]
     if case == "empty":
         text = "   "
@@ -199,6 +200,8 @@ def test_bad_input_gets_an_error(client, room_image, case):
         msg.step = msg.width * 3 - 1
     elif case == "short_data":
         msg.data = msg.data[: len(msg.data) // 2]
+    elif case == "oversized":  # the header alone says 12 Mpx: refused before the (short) data is looked at
+        msg.width, msg.height, msg.step = 4000, 3000, 12000
     elif case == "unknown_session":
         session = "no-such-session"
     goal = Converse.Goal(text=text, session_id=session, image=msg, max_new_tokens=4)
@@ -213,6 +216,30 @@ def send(client, goal, timeout=30):
     result = sent.result().get_result_async()
     client.spin_until(result.done, timeout, "the result")
     return result.result().result.result
+
+
+def test_oversized_camera_frame_is_refused_on_arrival_and_the_next_good_one_served(client, room_image):
+    huge = image_msg(client, room_image, 1100)
+    huge.width, huge.height, huge.step = 5000, 4000, 15000  # 20 Mpx by its header; the data is the small room's
+    seen = int(wait_for_diagnostics(client, lambda v: True, node_name="/lisa")["frames_refused"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # best effort: publish until the node has counted it
+        client.camera.publish(huge)
+        values = wait_for_diagnostics(client, lambda v: True, node_name="/lisa")
+        if int(values["frames_refused"]) > seen:
+            break
+    assert int(values["frames_refused"]) > seen
+    result = ask(client, QUESTION)
+    assert "newest camera frame is unusable" in result.error and "5000×4000 = 20000000 pixels" in result.error
+    good = image_msg(client, room_image, 1101)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        client.camera.publish(good)
+        client.executor.spin_once(timeout_sec=0.1)
+        result = ask(client, QUESTION)
+        if not result.error:
+            break
+    assert result.error == "" and result.header.stamp.sec == 1101
 
 
 def test_topic_bad_queries(client):
