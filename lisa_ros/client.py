@@ -25,6 +25,7 @@ from std_msgs.msg import Header
 
 from lisa_core.output import overlay, read_image, write_masks, write_png
 
+from .dds import REQUESTS
 from .images import numpy_to_image_msg, raw_image_to_rgb
 from .spatial import NO_DEPTH
 
@@ -34,7 +35,8 @@ class LisaClient:
 
     def __init__(self, namespace: str = "", image_topic: str = "/camera/image_raw", context=None):
         self.node = Node("lisa_client", namespace=namespace, context=context)
-        self.action = ActionClient(self.node, Converse, "lisa/converse")
+        self.action = ActionClient(self.node, Converse, "lisa/converse", goal_service_qos_profile=REQUESTS,
+                                   result_service_qos_profile=REQUESTS, cancel_service_qos_profile=REQUESTS)
         self.camera = self.node.create_publisher(Image, image_topic, qos_profile_sensor_data)
         self.overlays: dict[tuple[int, int], np.ndarray] = {}
         self.node.create_subscription(Image, "lisa/overlay", self._on_overlay, 5)

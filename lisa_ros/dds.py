@@ -4,7 +4,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+
 PROFILE = Path(__file__).with_name("fastdds_local.xml")
+# Requests are small and come in bursts (many clients, scripts): on both ends of the query topic, the services and
+# the action's services, histories deep enough that a burst of hundreds is kept whole, so that each request gets
+# its answer (or `busy`) instead of being overwritten unread.
+REQUESTS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def local_dds_env(domain_id: int | None = None, base: dict | None = None) -> dict:

@@ -26,6 +26,7 @@ from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.task import Future as RosFuture
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from geometry_msgs.msg import PointStamped
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
@@ -42,7 +43,12 @@ from lisa_core.serving import (Cancelled, DepthFrames, InferenceQueue, LatestFra
 from . import spatial
 from .images import (ImageDecodeError, RefusedFrame, check_frame_size, depth_image_to_metres, numpy_to_image_msg,
                      to_rgb)
+from .dds import REQUESTS
 from .params import PARAMETERS
+
+REPLIES_DEPTH = 1000  # lisa/reply (short strings)
+RESULTS_DEPTH = 100  # lisa/result and lisa/mask carry masks: deep enough for a burst's answers, bounded in memory
+ACTION_RESULT_KEPT_S = 120  # a finished goal's result stays fetchable this long (rclpy's default: 10 s)
 
 
 class LisaNode(LifecycleNode):
@@ -63,6 +69,7 @@ class LisaNode(LifecycleNode):
         self.served = 0
         self.frame_age_max_ms = float("-inf")  # worst image-callback delay since the last diagnostics message
         self.frames_refused = 0  # camera frames over max_image_pixels / max_compressed_bytes
+        self.queries_lost = 0  # queries DDS dropped unread (message-lost events)
         self._entities = []
         self.adapter_path = ""  # the adapter the model runs with now ("": the base model); the parameter may be ahead
         self.adapter_error = ""  # why the adapter last asked for is not the one running
@@ -84,10 +91,10 @@ class LisaNode(LifecycleNode):
         qos = qos_profile_sensor_data if self.param("image_qos") == "sensor_data" else QoSProfile(
             depth=1, reliability=ReliabilityPolicy.RELIABLE)
         image_type = CompressedImage if self.param("image_transport") == "compressed" else Image
-        self.reply_pub = self.create_publisher(String, self.param("reply_topic"), 10)
-        self.mask_pub = self.create_publisher(Image, self.param("mask_topic"), 10)
+        self.reply_pub = self.create_publisher(String, self.param("reply_topic"), REPLIES_DEPTH)
+        self.mask_pub = self.create_publisher(Image, self.param("mask_topic"), RESULTS_DEPTH)
         self.overlay_pub = self.create_publisher(Image, self.param("overlay_topic"), 10)
-        self.result_pub = self.create_publisher(SegmentationResult, self.param("result_topic"), 10)
+        self.result_pub = self.create_publisher(SegmentationResult, self.param("result_topic"), RESULTS_DEPTH)
         self.target_pub = self.create_publisher(PointStamped, self.param("target_topic"), 10)
         self.markers_pub = self.create_publisher(MarkerArray, self.param("markers_topic"), 10)
         self.cloud_pub = self.create_publisher(PointCloud2, self.param("mask_cloud_topic"), 10)
@@ -96,9 +103,10 @@ class LisaNode(LifecycleNode):
             self.reply_pub, self.mask_pub, self.overlay_pub, self.result_pub, self.target_pub, self.markers_pub,
             self.cloud_pub, self.diag_pub,
             self.create_subscription(image_type, self.param("image_topic"), self.on_image, qos),
-            self.create_subscription(String, self.param("query_topic"), self.on_query, 10),
-            self.create_service(ResetSession, "lisa/reset_session", self.on_reset),
-            self.create_service(ListSessions, "lisa/list_sessions", self.on_list),
+            self.create_subscription(String, self.param("query_topic"), self.on_query, REQUESTS,
+                                     event_callbacks=SubscriptionEventCallbacks(message_lost=self.on_queries_lost)),
+            self.create_service(ResetSession, "lisa/reset_session", self.on_reset, qos_profile=REQUESTS),
+            self.create_service(ListSessions, "lisa/list_sessions", self.on_list, qos_profile=REQUESTS),
             self.create_timer(self.param("diagnostics_period_s"), self.publish_diagnostics),
         ]
         if self.param("depth_topic"):
@@ -111,7 +119,9 @@ class LisaNode(LifecycleNode):
         self._entities.append(self._wake)
         self.action_server = ActionServer(
             self, Converse, "lisa/converse", self.execute_turn, goal_callback=lambda goal: GoalResponse.ACCEPT,
-            cancel_callback=lambda handle: CancelResponse.ACCEPT)
+            cancel_callback=lambda handle: CancelResponse.ACCEPT, goal_service_qos_profile=REQUESTS,
+            result_service_qos_profile=REQUESTS, cancel_service_qos_profile=REQUESTS,
+            result_timeout=ACTION_RESULT_KEPT_S)
         self.get_logger().info(f"configured: camera '{self.param('image_topic')}' ({image_type.__name__}), "
                                f"queries on '{self.param('query_topic')}', action 'lisa/converse'")
         return TransitionCallbackReturn.SUCCESS
@@ -268,6 +278,12 @@ class LisaNode(LifecycleNode):
             self.preencoder.poke()
         age_ms = (time.time_ns() - (header.stamp.sec * 10**9 + header.stamp.nanosec)) / 1e6  # meaningful on one clock
         self.frame_age_max_ms = max(self.frame_age_max_ms, age_ms)
+
+    def on_queries_lost(self, info) -> None:
+        """DDS dropped queries before the node saw them (a full history): counted for /diagnostics."""
+        self.queries_lost += info.total_count_change
+        self.get_logger().warning(f"{info.total_count_change} queries lost in DDS before the node could read them",
+                                  throttle_duration_sec=5.0)
 
     def on_depth(self, msg: Image) -> None:
         self.depth_frames.put(msg, msg.header, stamp_s(msg.header))
@@ -511,6 +527,7 @@ class LisaNode(LifecycleNode):
             "queue_depth": str(self.queue.depth if self.queue else 0),
             "sessions": str(len(self.sessions) if self.sessions else 0), "served": str(self.served),
             "frames_received": str(self.frames.received), "frames_refused": str(self.frames_refused),
+            "queries_lost": str(self.queries_lost),
             "error": self.load_error,
             "frame_age_max_ms": f"{self.frame_age_max_ms:.1f}",
             "depth": self.depth_status, "depth_frames_received": str(self.depth_frames.received),

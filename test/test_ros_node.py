@@ -242,6 +242,47 @@ def test_oversized_camera_frame_is_refused_on_arrival_and_the_next_good_one_serv
     assert result.error == "" and result.header.stamp.sec == 1101
 
 
+def test_a_burst_of_100_goals_queries_and_service_calls_loses_none(client, room_image):
+    """Every request of a burst far beyond max_queue gets its answer: a reply, or `busy` — none goes unanswered."""
+    from rclpy.action import ActionClient
+
+    from lisa_ros.dds import REQUESTS
+
+    node = client.node
+    goals = ActionClient(node, Converse, "lisa/converse", goal_service_qos_profile=REQUESTS,
+                         result_service_qos_profile=REQUESTS, cancel_service_qos_profile=REQUESTS)
+    lister = node.create_client(ListSessions, "lisa/list_sessions", qos_profile=REQUESTS)
+    results = []
+    node.create_subscription(SegmentationResult, "lisa/result", results.append, 1000)
+    queries = node.create_publisher(String, "lisa/query", 1000)
+    client.spin_until(lambda: goals.server_is_ready() and lister.service_is_ready()
+                      and queries.get_subscription_count() > 0, 20, "the node's request endpoints")
+    client.camera.publish(image_msg(client, room_image, 1200))
+    texts = [f"burst {i}: {QUESTION}" for i in range(100)]
+    bursts = [time.monotonic()]
+    sent = [goals.send_goal_async(Converse.Goal(text=t, max_new_tokens=2)) for t in texts]
+    bursts.append(time.monotonic())
+    for text in texts:
+        queries.publish(String(data=text))
+    bursts.append(time.monotonic())
+    calls = [lister.call_async(ListSessions.Request()) for _ in range(100)]
+    bursts.append(time.monotonic())
+    # goals and queries go out within ~0.1 s (100 answers take the node seconds); rclpy's call_async is slower
+    # (~15 ms a call here): the calls arrive as fast as a client can make them
+    assert max(np.diff(bursts)[:2]) < 0.5, np.diff(bursts)
+    client.spin_until(lambda: all(f.done() for f in sent + calls), 60, "every goal's acceptance and every call")
+    assert all(f.result().accepted for f in sent)
+    answers = [f.result().get_result_async() for f in sent]
+    client.spin_until(lambda: all(f.done() for f in answers), 120, "every goal's result")
+    outcomes = [f.result().result.result for f in answers]
+    assert all(o.reply or "busy" in o.error for o in outcomes), {o.error for o in outcomes}
+    assert any(o.reply for o in outcomes) and any("busy" in o.error for o in outcomes)
+    client.spin_until(lambda: len({r.query for r in results} & set(texts)) == 100, 60, "a result for each query")
+    assert all(r.reply or "busy" in r.error for r in results if r.query in texts)
+    values = wait_for_diagnostics(client, lambda v: True, node_name="/lisa")
+    assert values["queries_lost"] == "0"
+
+
 def test_topic_bad_queries(client):
     assert "query is empty" in ask(client, "  ").error
     assert "max_query_chars" in ask(client, "x" * 10_000).error
