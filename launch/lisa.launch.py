@@ -1,10 +1,11 @@
 """Launch the LISA node: ``ros2 launch lisa_ros lisa.launch.py [model:=…] [quantization:=4bit] [image_topic:=…]
-[adapter:=DIR] [depth_topic:=…] [camera_info_topic:=…] [namespace:=…] [params_file:=…]``. Arguments given here override the parameters file."""
+[adapter:=DIR] [depth_topic:=…] [camera_info_topic:=…] [namespace:=…] [params_file:=…] [enclave:=/lisa]``. Arguments given
+here override the parameters file; ``enclave`` runs the node under SROS2 with that enclave (see the README's Security)."""
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
 
@@ -27,11 +28,17 @@ def generate_launch_description():
     declared += [
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
         DeclareLaunchArgument("params_file", default_value=default_params, description="parameters YAML"),
+        DeclareLaunchArgument("enclave", default_value="",
+                              description="SROS2 enclave of the node (with ROS_SECURITY_KEYSTORE set); empty: none"),
     ]
-    node = LifecycleNode(
+    return LaunchDescription([*declared, OpaqueFunction(function=lisa_node)])
+
+
+def lisa_node(context):
+    enclave = LaunchConfiguration("enclave").perform(context)
+    return [LifecycleNode(
         package="lisa_ros", executable="lisa_node", name="lisa", namespace=LaunchConfiguration("namespace"),
-        output="screen",
+        output="screen", ros_arguments=["--enclave", enclave] if enclave else [],
         parameters=[LaunchConfiguration("params_file"),
                     {name: LaunchConfiguration(name) for name in ARGUMENTS}],
-    )
-    return LaunchDescription([*declared, node])
+    )]

@@ -44,4 +44,4 @@ def test_launch_file_builds_where_launch_is_installed():
     exec(compile(LAUNCH.read_text(), str(LAUNCH), "exec"), namespace)
     description = namespace["generate_launch_description"]()
     declared = {a.name for a in description.get_launch_arguments()}
-    assert set(launch_arguments()) | {"namespace", "params_file"} == declared
+    assert set(launch_arguments()) | {"namespace", "params_file", "enclave"} == declared

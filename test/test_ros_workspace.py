@@ -117,6 +117,8 @@ print('prefix', prefix, m.__file__)
 EOF""", "ros2 pkg executables lisa_ros")
     assert f"prefix {workspace}/install/lisa_ros" in out and f"{workspace}/install/lisa_interfaces" in out
     assert "lisa_ros lisa_node" in out
+    shown = run(workspace, "source install/setup.bash", "ros2 launch lisa_ros lisa.launch.py --show-args")
+    assert all(f"'{name}'" in shown for name in ("model", "image_topic", "depth_topic", "enclave")), shown
 
 
 def started(ws: Path, *lines: str) -> subprocess.Popen:
