@@ -7,6 +7,7 @@ adapter directory, empty = the base model) is checked when set and switched on t
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import signal
 import sys
@@ -48,7 +49,8 @@ from .params import PARAMETERS
 
 REPLIES_DEPTH = 1000  # lisa/reply (short strings)
 RESULTS_DEPTH = 100  # lisa/result and lisa/mask carry masks: deep enough for a burst's answers, bounded in memory
-ACTION_RESULT_KEPT_S = 120  # a finished goal's result stays fetchable this long (rclpy's default: 10 s)
+# A finished goal (its image and masks) is kept this long for a late get_result; clients ask for it on acceptance.
+ACTION_RESULT_KEPT_S = 5
 
 
 class LisaNode(LifecycleNode):
@@ -66,7 +68,7 @@ class LisaNode(LifecycleNode):
         self.sessions: SessionStore | None = None
         self.queue: InferenceQueue | None = None
         self.last_latency_s = float("nan")
-        self.served = 0
+        self.served = self.served_at_trim = 0
         self.frame_age_max_ms = float("-inf")  # worst image-callback delay since the last diagnostics message
         self.frames_refused = 0  # camera frames over max_image_pixels / max_compressed_bytes
         self.queries_lost = 0  # queries DDS dropped unread (message-lost events)
@@ -516,6 +518,10 @@ class LisaNode(LifecycleNode):
         self.reply_pub.publish(String(data=f"error: {error}"))
 
     def publish_diagnostics(self) -> None:
+        if self.served != self.served_at_trim and self.queue is not None and self.queue.depth == 0:
+            self.served_at_trim = self.served  # after answers, while idle: what they freed goes back to the OS
+            gc.collect()  # (cycles holding frames — futures, goal handles — wait for a full collection otherwise)
+            trim_freed_memory()
         level = DiagnosticStatus.OK if self.lisa is not None else DiagnosticStatus.ERROR
         if self.lisa is not None and self.adapter_error:
             level = DiagnosticStatus.WARN
@@ -548,10 +554,34 @@ def stamp_s(header) -> float:
     return header.stamp.sec + header.stamp.nanosec * 1e-9
 
 
+def glibc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return None
+
+
+def give_large_blocks_back_to_the_os(threshold: int = 4 << 20) -> None:
+    """glibc raises its mmap threshold after each large free, so that later camera-sized buffers (a 4K frame, its
+    copies, masks) come from the heap and are never returned: a node's memory would stay at its highest. A fixed
+    threshold keeps such blocks mmapped, and freeing them returns them at once."""
+    libc = glibc()
+    if libc is not None:
+        libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD
+
+
+def trim_freed_memory() -> None:
+    """Hand the free pages of every malloc arena (one per thread that allocated) back to the OS."""
+    libc = glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def main(args=None) -> int:
     # The inference thread runs Python-heavy decode loops; a short GIL switch interval keeps the executor threads
     # (camera frames, queries, services) from waiting up to 5 ms per hand-over behind it.
     sys.setswitchinterval(0.0005)
+    give_large_blocks_back_to_the_os()
     rclpy.init(args=sys.argv if args is None else args)
     node = LisaNode()
     # One executor thread: callbacks only store frames, enqueue work or answer from memory, and action goals are

@@ -283,6 +283,35 @@ def test_a_burst_of_100_goals_queries_and_service_calls_loses_none(client, room_
     assert values["queries_lost"] == "0"
 
 
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
+
+
+def test_memory_is_given_back_after_a_burst_of_large_frames(client, node, room_image):
+    process, _ = node
+    session = client.converse(QUESTION, image=room_image, timeout=60).session_id
+    huge = np.ascontiguousarray(np.resize(room_image, (2160, 3840, 3)))  # at max_image_pixels
+
+    def burst():  # one session: each new image replaces the last, so it holds one frame at a time
+        for _ in range(4):
+            assert client.converse(QUESTION, session_id=session, image=huge, timeout=120).error == ""
+        client.converse(QUESTION, session_id=session, image=room_image, timeout=60)
+
+    # The first large goals grow DDS's receive buffers to their size once (~130 MB here, measured: the level after
+    # the second and third bursts is the same as after the first); what must not stay is the frames themselves.
+    burst()
+    time.sleep(8)  # finished goals' results expire (5 s)
+    before = rss_mb(process.pid)
+    burst()
+    peak = rss_mb(process.pid)
+    deadline = time.monotonic() + 10
+    while rss_mb(process.pid) > 1.1 * before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert rss_mb(process.pid) <= 1.1 * before, (before, peak, rss_mb(process.pid))
+    assert peak > before + 50  # the burst did hold its frames while it ran (the test measures something)
+
+
 def test_topic_bad_queries(client):
     assert "query is empty" in ask(client, "  ").error
     assert "max_query_chars" in ask(client, "x" * 10_000).error
