@@ -44,8 +44,9 @@ def load_fixture(name: str, workdir: Path) -> Lisa:
     return mid_size(lisa)
 
 
-def mid_size(tiny: Lisa) -> Lisa:
-    """A random mid-size LISA sharing the tiny fixture's tokenizer."""
+def mid_size(tiny: Lisa, probe_image=None) -> Lisa:
+    """A random mid-size LISA sharing the tiny fixture's tokenizer, made to answer ``QUESTION`` on ``probe_image``
+    (default: the sample room) with a ``[SEG]``."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     torch.manual_seed(0)
@@ -61,7 +62,8 @@ def mid_size(tiny: Lisa) -> Lisa:
     with torch.no_grad():  # like the tiny factory: greedy decoding emits [SEG] instead of its favourite token
         head = model.lm_head.weight
         head[tiny.tokenizer.eos_token_id] *= 0
-        probe = lisa.chat(read_image(SAMPLE_IMAGE), QUESTION, max_new_tokens=8).token_ids
+        probe_image = read_image(SAMPLE_IMAGE) if probe_image is None else probe_image
+        probe = lisa.chat(probe_image, QUESTION, max_new_tokens=8).token_ids
         head[tiny.tokenizer.seg_token_id] = 1.05 * head[max(set(probe), key=probe.count)]
     return lisa
 

@@ -8,7 +8,7 @@ Configs: ``tiny`` (lisa-make-tiny) and ``mid`` (random: LLaMA 1024 × 8, CLIP 76
 ``bench_engine.py``). Writes ``bench/results/stream.json``.
 Also in the same run: whether starting the SAM image encoder on a second thread alongside generation pays on this
 CPU (``sam_alongside``).
-Usage: python bench/bench_stream.py [--configs tiny mid] [--queries 8]
+Usage: python bench/bench_stream.py [--configs tiny mid] [--queries 8]  (rows of configs not run are kept)
 """
 from __future__ import annotations
 
@@ -48,12 +48,12 @@ CAMERA_HZ = 10.0
 GAPS = {"tiny": (0.5, 3.0), "mid": (4.0, 16.0)}
 
 
-def checkpoint(config: str, workdir: Path) -> tuple[Path, Lisa]:
+def checkpoint(config: str, workdir: Path, image) -> tuple[Path, Lisa]:
     tiny_dir = make_tiny(workdir / "tiny")
     tiny = Lisa.from_pretrained(str(tiny_dir), device="cpu")
     if config == "tiny":
         return tiny_dir, tiny
-    mid = mid_size(tiny)
+    mid = mid_size(tiny, probe_image=image)
     mid.source_dir = tiny_dir  # its tokenizer
     out = mid.save_pretrained(workdir / "mid")
     mid.model.model.vision_tower.save_pretrained(str(out / CLIP_DIR))  # replaces the tiny tower copied along
@@ -193,9 +193,10 @@ def main(argv=None) -> None:
     try:
         for config in args.configs:
             with tempfile.TemporaryDirectory() as tmp:
-                model_dir, lisa = checkpoint(config, Path(tmp))
+                model_dir, lisa = checkpoint(config, Path(tmp), image)
                 engine = bench_scenario(lisa, image, QUESTION, NEW_TOKENS, repeats=3 if config == "tiny" else 1,
                                         ref_repeats=1)
+                assert engine["masks_first"], f"{config}: the question must get a [SEG] answer on this image"
                 alongside = sam_alongside(lisa, image, QUESTION, repeats=5 if config == "tiny" else 2)
                 print(f"{config}: first query with the SAM encoder after generation {alongside['sequential']:.2f} s, "
                       f"alongside it on a second thread {alongside['alongside']:.2f} s "
@@ -220,7 +221,9 @@ def main(argv=None) -> None:
     finally:
         rclpy.try_shutdown()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "stream.json").write_text(json.dumps(report, indent=2) + "\n")
+    out = RESULTS / "stream.json"
+    earlier = json.loads(out.read_text()) if out.is_file() else {}  # configs not run this time keep their rows
+    out.write_text(json.dumps({**earlier, **report}, indent=2) + "\n")
     print(f"written {RESULTS / 'stream.json'}")
 
 
