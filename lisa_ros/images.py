@@ -148,24 +148,25 @@ def _compressed_dimensions(data: bytes) -> tuple[int, int] | None:
         return None
 
 
-def _check_compressed(msg, max_pixels: int | None, max_bytes: int | None) -> tuple[int, int] | None:
+def _check_compressed(msg, max_pixels: int | None, max_bytes: int | None) -> tuple[bytes, tuple[int, int] | None]:
+    """The message's bytes (copied once, after the byte bound) and its dimensions (None when unreadable)."""
     if max_bytes and len(msg.data) > max_bytes:
         raise ImageDecodeError(f"compressed image is {len(msg.data)} bytes, over max_compressed_bytes ({max_bytes})")
-    size = _compressed_dimensions(bytes(msg.data))
+    data = bytes(msg.data)
+    size = _compressed_dimensions(data)
     if size is not None:
         _check_pixels(*size, max_pixels, "compressed image")
-    return size
+    return data, size
 
 
 def compressed_image_to_rgb(msg, max_pixels: int | None = None, max_bytes: int | None = None) -> np.ndarray:
     """``sensor_msgs/CompressedImage`` (jpeg, png, webp, …) → H×W×3 uint8 RGB. Over ``max_bytes``, or over
     ``max_pixels`` by the dimensions in its header, it is refused without being decompressed."""
-    size = _check_compressed(msg, max_pixels, max_bytes)
-    data = np.frombuffer(bytes(msg.data), np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if size is not None else None
+    data, size = _check_compressed(msg, max_pixels, max_bytes)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if size is not None else None
     if bgr is None:
         reason = "" if size is not None else ": no readable image header"
-        raise ImageDecodeError(f"cannot decode compressed image (format '{msg.format}', {data.size} bytes){reason}")
+        raise ImageDecodeError(f"cannot decode compressed image (format '{msg.format}', {len(data)} bytes){reason}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -8,6 +8,7 @@ adapter directory, empty = the base model) is checked when set and switched on t
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import signal
 import sys
@@ -42,9 +43,9 @@ from lisa_core.serving import (Cancelled, DepthFrames, InferenceQueue, LatestFra
                                SessionStore, TurnRequest, run_turn)
 
 from . import spatial
+from .dds import REQUESTS
 from .images import (ImageDecodeError, RefusedFrame, check_frame_size, depth_image_to_metres, numpy_to_image_msg,
                      to_rgb)
-from .dds import REQUESTS
 from .params import PARAMETERS
 
 REPLIES_DEPTH = 1000  # lisa/reply (short strings)
@@ -554,6 +555,7 @@ def stamp_s(header) -> float:
     return header.stamp.sec + header.stamp.nanosec * 1e-9
 
 
+@functools.cache
 def glibc():
     try:
         return ctypes.CDLL("libc.so.6")

@@ -3,6 +3,7 @@ own `colcon build` line, `source install/setup.bash` in a fresh shell, then the 
 `ros2 topic pub` and `ros2 topic echo` lines as typed (the model argument aside: the embedded model stands in for
 LISA-7B, which cannot be downloaded here). The ROS 2 CLI and launch come from ../shared/ros2_cli (the part a ROS
 install provides), colcon from PyPI in a prefix of its own (it pins an older setuptools). Takes a few minutes."""
+import contextlib
 import os
 import re
 import shlex
@@ -51,14 +52,27 @@ def shell(ws: Path, *lines: str) -> str:
                       f"cd {shlex.quote(str(ws))}", *lines])
 
 
-def run(ws: Path, *lines: str, timeout: float = 900, colcon_path: bool = False) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "AMENT", "ROS_", "COLCON"))}
+def fresh_env() -> dict:
+    """This process's environment without the venv's Python, ament and ROS settings: a new user's shell."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "AMENT", "ROS_", "COLCON"))}
+
+
+def run(ws: Path, *lines: str, timeout: float = 900, colcon_path: bool = False, check: bool = True) -> str:
+    """stdout of ``lines`` in a fresh shell (with ``check=False``: stdout and stderr, whatever the exit status)."""
+    env = fresh_env()
     if colcon_path:  # colcon's setup.py children import colcon_core from its own prefix
         env["PYTHONPATH"] = str(next(COLCON.glob("lib/python3*/site-packages")))
     done = subprocess.run(["bash", "-c", shell(ws, *lines)], capture_output=True, text=True, timeout=timeout,
                           env=env)
+    if not check:
+        return done.stdout + done.stderr
     assert done.returncode == 0, f"{lines} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
+
+
+def sourced(ws: Path, line: str, **kwargs) -> str:
+    """A README line run in the built workspace, as after `source install/setup.bash`."""
+    return run(ws, "source install/setup.bash", line, **kwargs)
 
 
 CAMERA = """# the robot's camera: the demo room at 10 Hz
@@ -117,16 +131,15 @@ print('prefix', prefix, m.__file__)
 EOF""", "ros2 pkg executables lisa_ros")
     assert f"prefix {workspace}/install/lisa_ros" in out and f"{workspace}/install/lisa_interfaces" in out
     assert "lisa_ros lisa_node" in out
-    shown = run(workspace, "source install/setup.bash", "ros2 launch lisa_ros lisa.launch.py --show-args")
+    shown = sourced(workspace, "ros2 launch lisa_ros lisa.launch.py --show-args")
     assert all(f"'{name}'" in shown for name in ("model", "image_topic", "depth_topic", "enclave")), shown
 
 
 def started(ws: Path, *lines: str) -> subprocess.Popen:
     """A long-running command (the last of ``lines``, exec'd so that signals reach it) in its own session."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "AMENT", "ROS_", "COLCON"))}
     *setup, command = lines
     return subprocess.Popen(["bash", "-c", shell(ws, "source install/setup.bash", *setup, "exec " + command)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=fresh_env(),
                             start_new_session=True)
 
 
@@ -152,7 +165,7 @@ def ask_until_answered(ws: Path, echo_lines: list[str]) -> list[str]:
     """The README's `ros2 topic pub` line, again until `ros2 topic echo` shows an answer (not `error: …`)."""
     deadline, answers = time.monotonic() + 240, []
     while not answers and time.monotonic() < deadline:
-        run(ws, "source install/setup.bash", readme_line("ros2 topic pub"), timeout=120)
+        sourced(ws, readme_line("ros2 topic pub"), timeout=120)
         time.sleep(2)
         answers = [line for line in echo_lines if line.startswith("data:") and "error:" not in line]
     return answers
@@ -165,6 +178,19 @@ def reader(process: subprocess.Popen) -> list[str]:
     return lines
 
 
+@contextlib.contextmanager
+def serving(ws: Path, node_line: str, node_stops_within: float = 60):
+    """The node started by ``node_line`` and the README's `ros2 topic echo`: yields (node's lines, echoed lines)
+    and stops both with Ctrl-C."""
+    node = started(ws, without_real_model(node_line))
+    echo = started(ws, readme_line("ros2 topic echo"))
+    try:
+        yield reader(node), reader(echo)
+    finally:
+        stop(echo)
+        stop(node, timeout=node_stops_within)
+
+
 @pytest.fixture
 def camera(workspace):
     (workspace / "camera.py").write_text(CAMERA)
@@ -175,55 +201,33 @@ def camera(workspace):
 
 
 def test_readme_launch_topic_pub_echo_and_node_commands_as_typed(workspace, camera):
-    launch = started(workspace, without_real_model(readme_line("ros2 launch")))
-    launched = reader(launch)
-    echo = started(workspace, readme_line("ros2 topic echo"))
-    echoed = reader(echo)
-    try:
+    with serving(workspace, readme_line("ros2 launch")) as (launched, echoed):
         answers = ask_until_answered(workspace, echoed)
         assert answers, "".join(echoed[-10:] + launched[-40:])
         assert "sink" in answers[0] and "[SEG]" in answers[0], answers
 
-        assert "lisa-tiny-rooms" in run(workspace, "source install/setup.bash", readme_line("ros2 param get"))
-        assert "active [3]" in run(workspace, "source install/setup.bash", readme_line("ros2 lifecycle get"))
-        goal = run(workspace, "source install/setup.bash", readme_line("ros2 action send_goal"), timeout=180)
+        assert "lisa-tiny-rooms" in sourced(workspace, readme_line("ros2 param get"))
+        assert "active [3]" in sourced(workspace, readme_line("ros2 lifecycle get"))
+        goal = sourced(workspace, readme_line("ros2 action send_goal"), timeout=180)
         assert "Goal finished with status: SUCCEEDED" in goal and "stage: generating" in goal
         assert re.search(r"reply: .*(chair|sofa|bed)", goal), goal[-2000:]
-        sessions = run(workspace, "source install/setup.bash", readme_line("ros2 service call /lisa/list_sessions"))
+        sessions = sourced(workspace, readme_line("ros2 service call /lisa/list_sessions"))
         assert "SessionInfo(session_id=" in sessions
-        query = run(workspace, "source install/setup.bash", readme_line("ros2 run lisa_ros lisa_query"), timeout=180)
+        query = sourced(workspace, readme_line("ros2 run lisa_ros lisa_query"), timeout=180)
         assert "sink" in query and (workspace / "lisa_reply" / "reply.json").is_file()
 
-        refused = subprocess_output(workspace, readme_line("ros2 param set /lisa adapter"))
+        refused = sourced(workspace, readme_line("ros2 param set /lisa adapter"), timeout=60, check=False)
         assert "Setting parameter failed" in refused  # /path/to/adapter does not exist: refused, still serving
         lifecycle = readme_line("ros2 lifecycle set /lisa deactivate")
-        run(workspace, "source install/setup.bash", lifecycle)
-        assert "inactive [2]" in run(workspace, "source install/setup.bash", readme_line("ros2 lifecycle get"))
-        run(workspace, "source install/setup.bash", lifecycle.replace("deactivate", "activate"), timeout=120)
-        assert "active [3]" in run(workspace, "source install/setup.bash", readme_line("ros2 lifecycle get"))
-    finally:
-        stop(echo)
-        stop(launch, timeout=60)
+        sourced(workspace, lifecycle)
+        assert "inactive [2]" in sourced(workspace, readme_line("ros2 lifecycle get"))
+        sourced(workspace, lifecycle.replace("deactivate", "activate"), timeout=120)
+        assert "active [3]" in sourced(workspace, readme_line("ros2 lifecycle get"))
     time.sleep(0.5)  # the reader thread's last lines
     assert "process has finished cleanly" in "".join(launched), "".join(launched[-30:])  # Ctrl-C ends the node too
 
 
 def test_readme_ros2_run_line_serves_the_topic_query(workspace, camera):
-    node = started(workspace, without_real_model(readme_line("ros2 run lisa_ros lisa_node")))
-    logged = reader(node)
-    echo = started(workspace, readme_line("ros2 topic echo"))
-    echoed = reader(echo)
-    try:
+    with serving(workspace, readme_line("ros2 run lisa_ros lisa_node")) as (logged, echoed):
         answers = ask_until_answered(workspace, echoed)
         assert answers and "sink" in answers[0], "".join(logged[-60:])
-    finally:
-        stop(echo)
-        stop(node, timeout=60)
-
-
-def subprocess_output(ws: Path, line: str) -> str:
-    """stdout and stderr of a README line that may exit non-zero (a refused parameter does)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "AMENT", "ROS_", "COLCON"))}
-    done = subprocess.run(["bash", "-c", shell(ws, "source install/setup.bash", line)], capture_output=True,
-                          text=True, timeout=60, env=env)
-    return done.stdout + done.stderr
