@@ -140,7 +140,8 @@ class SessionStore:
                 raise ServingError(f"session '{session_id}' was closed: {self._closed[session_id]}; send an empty "
                                    "session_id to start a new one")
             if session_id not in self._entries:
-                raise ServingError(f"unknown session id '{session_id}' (expired, evicted or never opened); "
+                raise ServingError(f"unknown session id '{session_id}' (closed: it expired, was evicted or reset, the "
+                                   "server restarted since, or it was never opened); "
                                    "send an empty session_id to start a new one")
             entry = self._entries[session_id]
             entry.last_used = self._clock()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
+from action_msgs.msg import GoalStatus
 from lisa_interfaces.action import Converse
 from rclpy.action import ActionClient
 from rclpy.node import Node
@@ -28,6 +29,15 @@ from lisa_core.output import overlay, read_image, write_masks, write_png
 from .dds import REQUESTS
 from .images import numpy_to_image_msg, raw_image_to_rgb
 from .spatial import NO_DEPTH
+
+
+RESULT_REASK_S = 5.0  # while a turn runs, the result is asked for again this often (cheap: the node holds it)
+SERVER_GONE_S = 2.0  # the action server unmatched this long: the node is gone
+
+
+class SessionClosed(RuntimeError):
+    """The node ended the conversation without answering: it stopped, died or restarted during the turn. The session
+    (if any) is gone with it: ask again with an empty session id."""
 
 
 class LisaClient:
@@ -63,16 +73,47 @@ class LisaClient:
     def converse(self, text: str, session_id: str = "", image: np.ndarray | Image | None = None, reset: bool = False,
                  max_new_tokens: int = 0, timeout: float = 300.0, on_feedback=None):
         """Send one turn and wait for its ``SegmentationResult`` (``error`` set when the node refused it). ``image``:
-        RGB (stamped now) or a ready ``sensor_msgs/Image``."""
+        RGB (stamped now) or a ready ``sensor_msgs/Image``. ``SessionClosed`` when the node goes away or restarts
+        during the turn (never a hang); ``TimeoutError`` after ``timeout`` seconds."""
         goal = Converse.Goal(text=text, session_id=session_id, reset=reset, max_new_tokens=max_new_tokens)
         if image is not None:
             goal.image = image if isinstance(image, Image) else self.image_msg(image)
+        deadline = time.monotonic() + timeout
         sent = self.action.send_goal_async(
             goal, feedback_callback=(lambda m: on_feedback(m.feedback)) if on_feedback else None)
-        self.spin_until(sent.done, timeout, "the goal to be accepted")
-        result = sent.result().get_result_async()
-        self.spin_until(result.done, timeout, "the reply")
-        return result.result().result.result  # GetResult response → Converse.Result → SegmentationResult
+        self.wait_on_node([sent], deadline, "the goal to be accepted")
+        handle = sent.result()
+        if not handle.accepted:
+            raise SessionClosed("the node rejected the goal")
+        asked = [handle.get_result_async()]
+        # A node restarted mid-turn matches again at once but knows nothing of the goal: asking again now and then
+        # gets its answer "unknown goal" (STATUS_UNKNOWN) instead of waiting for a result that will never come.
+        while not any(f.done() for f in asked):
+            self.wait_on_node(asked, min(deadline, time.monotonic() + RESULT_REASK_S), "the reply", final=deadline)
+            if not any(f.done() for f in asked):
+                asked.append(handle.get_result_async())
+        response = next(f for f in asked if f.done()).result()
+        if response.status == GoalStatus.STATUS_UNKNOWN:
+            raise SessionClosed("the node no longer knows this turn: it restarted while answering")
+        return response.result.result  # GetResult response → Converse.Result → SegmentationResult
+
+    def wait_on_node(self, futures, until: float, what: str, final: float | None = None) -> None:
+        """Spin until one of ``futures`` is done or ``until`` (monotonic) passes; ``TimeoutError`` past ``final``
+        (default ``until``); ``SessionClosed`` once the action server has been gone for ``SERVER_GONE_S``."""
+        gone_since = None
+        while not any(f.done() for f in futures):
+            now = time.monotonic()
+            if now > (until if final is None else final):
+                raise TimeoutError(f"timed out waiting for {what}")
+            if now > until:
+                return
+            if self.action.server_is_ready():
+                gone_since = None
+            elif gone_since is None:
+                gone_since = now
+            elif now - gone_since > SERVER_GONE_S:
+                raise SessionClosed(f"the node went away while waiting for {what} (stopped, killed or restarting)")
+            self.executor.spin_once(timeout_sec=0.05)
 
     def overlay_for(self, header, wait: float = 1.0):
         key = (header.stamp.sec, header.stamp.nanosec)
@@ -156,7 +197,7 @@ def main(argv=None) -> int:
         save_answer(Path(args.out), result, picture)
         print_answer(result, Path(args.out))
         return 1 if result.error else 0
-    except TimeoutError as err:
+    except (TimeoutError, SessionClosed) as err:
         print(f"lisa-query: {err}", file=sys.stderr)
         return 2
     finally:

@@ -316,19 +316,20 @@ class LisaNode(LifecycleNode):
             raise ServingError(f"query is {len(text)} characters, over max_query_chars "
                                f"({self.param('max_query_chars')})")
 
-    def latest_frame(self):
-        """(``ImageState``, header) of the frame to answer on: the pre-encoded one when a query may use it
-        (``preencode_max_age_s``), else the newest (with what is already encoded of it)."""
+    def latest_frame(self, lisa):
+        """(``ImageState``, header) of the frame to answer on with ``lisa``: the pre-encoded one when a query may use
+        it (``preencode_max_age_s``), else the newest (with what is already encoded of it)."""
         frame = self.frames.get()
-        if self.preencoder is not None:
-            ready = self.preencoder.ready()
+        preencoder = self.preencoder
+        if preencoder is not None and preencoder.lisa is lisa:
+            ready = preencoder.ready()
             if ready is not None:
                 return ready[1], ready[0].meta
-            partial = self.preencoder.state_for(frame)
+            partial = preencoder.state_for(frame)
             if partial is not None:
                 return partial, frame.meta
         try:
-            return self.lisa.image_state(self.decode_image(frame.raw)), frame.meta
+            return lisa.image_state(self.decode_image(frame.raw)), frame.meta
         except ImageDecodeError as err:
             raise ServingError(f"newest camera frame is unusable: {err}") from err
 
@@ -336,10 +337,13 @@ class LisaNode(LifecycleNode):
     def serve_query(self, text: str, received: float) -> None:
         started = time.perf_counter()
         header = Header()
+        lisa = self.lisa  # this answer's model, even if the node deactivates meanwhile
         try:
-            state, header = self.latest_frame()
+            if lisa is None:  # deactivated while this query waited
+                raise ServingError(self.load_error)
+            state, header = self.latest_frame(lisa)
             image = state.image
-            result = self.lisa.session(state).chat(text, max_new_tokens=self.param("max_new_tokens"))
+            result = lisa.session(state).chat(text, max_new_tokens=self.param("max_new_tokens"))
         except (ServingError, ValueError) as err:
             self.publish_error(text, header, str(err), received)
             return
@@ -370,6 +374,7 @@ class LisaNode(LifecycleNode):
         def job():
             started = time.perf_counter()
             header = goal.image.header
+            lisa = self.lisa  # this turn's model, even if the node deactivates meanwhile
             try:
                 if goal_handle.is_cancel_requested:
                     raise Cancelled()
@@ -379,7 +384,8 @@ class LisaNode(LifecycleNode):
                                       goal.max_new_tokens or self.param("max_new_tokens"))
                 feedback.stage = "encoding"
                 goal_handle.publish_feedback(feedback)
-                entry, result = run_turn(self.lisa, self.sessions, request, self.latest_frame, on_token)
+                entry, result = run_turn(lisa, self.sessions, request, lambda: self.latest_frame(lisa),
+                                         on_token)
                 source = image if image is not None else entry.session.state.image
                 msg = self.result_msg(goal.text, entry.frame_meta, result, source, entry.session_id,
                                       started - received, received)

@@ -365,6 +365,37 @@ def test_lifecycle_deactivate_frees_and_activate_reloads(client, room_image):
     assert client.converse(QUESTION, image=room_image, timeout=30).error == ""
 
 
+def test_requests_queued_when_the_node_deactivates_get_its_reason(client, room_image):
+    """Found by bench_robustness: topic queries waiting behind a running turn when the node deactivated failed with
+    "internal error: 'NoneType' object has no attribute …"; they must get the reason, and the running turn finishes."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    def change(transition_id):
+        request = ChangeState.Request(transition=Transition(id=transition_id))
+        assert call(client, ChangeState, "/lisa/change_state", request, timeout=60).success
+
+    client.camera.publish(image_msg(client, room_image, 1300))
+    long_turn = client.action.send_goal_async(Converse.Goal(text=QUESTION, image=client.image_msg(room_image),
+                                                            max_new_tokens=1500))
+    client.spin_until(long_turn.done, 20, "the long turn's acceptance")
+    texts = [f"queued {i}: {QUESTION}" for i in range(3)]
+    for text in texts:
+        client.query.publish(String(data=text))
+    change(Transition.TRANSITION_DEACTIVATE)
+    try:
+        client.spin_until(lambda: {r.query for r in client.results} >= set(texts), 30, "the queued queries' answers")
+        errors = [r.error for r in client.results if r.query in texts]
+        assert all(e == "" or "model unloaded" in e for e in errors), errors
+        result = long_turn.result().get_result_async()
+        client.spin_until(result.done, 60, "the long turn's result")
+        turn = result.result().result.result
+        assert turn.error == "" or "model unloaded" in turn.error, turn.error
+    finally:
+        change(Transition.TRANSITION_ACTIVATE)
+    assert client.converse(QUESTION, image=room_image, timeout=30).error == ""
+
+
 def set_parameter(client, name, value: str, node_name="/lisa"):
     from rcl_interfaces.srv import SetParameters
     from rclpy.parameter import Parameter
