@@ -18,6 +18,9 @@ SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
 
+MAX_ASPECT_RATIO = 20  # panoramas are 2:1 to 8:1; past this an image is a sliver, and costly to preprocess
+
+
 class ImageError(ValueError):
     """The image given to the engine is not an H×W×3 uint8 RGB array."""
 
@@ -32,6 +35,10 @@ def check_image(image) -> np.ndarray:
         raise ImageError(f"image must have shape H×W×3 (RGB), got {image.shape}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ImageError(f"image is empty: shape {image.shape}")
+    height, width = image.shape[:2]
+    if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
+        raise ImageError(f"image is {width}×{height}: one side is over {MAX_ASPECT_RATIO}× the other (CLIP would "
+                         "scale its short side to 224 px — a 1×3840 sliver to 224×860160 — and SAM's to nothing)")
     return np.ascontiguousarray(image)
 
 
@@ -44,7 +51,8 @@ def load_clip_processor(vision_tower_dir: str | None) -> CLIPImageProcessorPil:
 
 def clip_pixels(processor: CLIPImageProcessorPil, image: np.ndarray) -> torch.Tensor:
     """H×W×3 uint8 → ``[1, 3, 224, 224]`` float32."""
-    return processor(images=image, return_tensors="pt")["pixel_values"]
+    # channels_last said, not guessed: transformers takes an H×W×3 image with H of 1 or 3 for channels-first
+    return processor(images=image, return_tensors="pt", input_data_format="channels_last")["pixel_values"]
 
 
 def sam_pixels(image: np.ndarray, img_size: int) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -29,6 +29,7 @@ GREY_ENCODINGS = ("mono8", "mono16")
 # Single-channel data (depth, infrared, thermal): stretched over the frame's own finite range to grey 0–255.
 DATA_ENCODINGS = ("8UC1", "8SC1", "16UC1", "16SC1", "32SC1", "32FC1", "64FC1")
 CAMERA_ENCODINGS = COLOUR_ENCODINGS + GREY_ENCODINGS + DATA_ENCODINGS
+PAIRED_ENCODINGS = ("yuv422", "uyvy", "yuyv", "yuv422_yuy2", "nv12", "nv21")  # chroma shared by two pixels
 
 
 class ImageDecodeError(ValueError):
@@ -80,6 +81,11 @@ def raw_image_to_rgb(msg, max_pixels: int | None = None) -> np.ndarray:
     _check_pixels(msg.width, msg.height, max_pixels)
     if msg.width == 0 or msg.height == 0:
         raise ImageDecodeError(f"image has zero size ({msg.width}×{msg.height})")
+    if msg.encoding in PAIRED_ENCODINGS and msg.width % 2:
+        raise ImageDecodeError(f"'{msg.encoding}' needs an even width (its pixels come in pairs), got {msg.width}")
+    if msg.encoding in ("nv12", "nv21") and msg.height % 2:
+        raise ImageDecodeError(f"'{msg.encoding}' needs an even height (one chroma row per two rows), got "
+                               f"{msg.height}")
     row = _packed_row_bytes(msg)
     if msg.encoding in ("nv12", "nv21"):  # planar: 1.5 rows of bytes per image row, no padding support
         row, rows = msg.width, msg.height * 3 // 2

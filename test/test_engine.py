@@ -4,6 +4,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from lisa_core import ImageError
 from lisa_core.prompt import IMAGE_TOKEN_INDEX, first_turn_text, next_turn_text
@@ -145,10 +146,24 @@ def test_segment_teacher_forced(tiny_lisa, room_image):
     (np.zeros((10, 10, 4), np.uint8), "H×W×3"),
     (np.zeros((0, 10, 3), np.uint8), "empty"),
     ([[1, 2, 3]], "numpy array"),
+    # found by bench_robustness: a 1×3840 frame cost 2.4 s and +300 MB in CLIP's resize, then failed in SAM's
+    (np.zeros((1, 3840, 3), np.uint8), "3840×1: one side is over 20× the other"),
+    (np.zeros((2160, 100, 3), np.uint8), "100×2160: one side is over 20× the other"),
 ])
 def test_bad_images(tiny_lisa, image, message):
     with pytest.raises(ImageError, match=message):
         tiny_lisa.chat(image, QUESTION)
+
+
+def test_a_three_pixel_tall_image_is_read_channels_last(tiny_lisa):
+    """transformers guesses channels-first for an H×W×3 array with H = 3 (or 1): the image must be said to be
+    channels-last, else CLIP sees the wrong pixels. Equal to the same strip given as an unambiguous 4-row image cut."""
+    from lisa_core.preprocess import clip_pixels
+
+    strip = np.random.default_rng(0).integers(0, 255, (3, 48, 3), np.uint8)
+    pixels = clip_pixels(tiny_lisa.clip_processor, strip)
+    as_pil = tiny_lisa.clip_processor(images=Image.fromarray(strip), return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (1, 3, 224, 224) and torch.equal(pixels, as_pil)
 
 
 def test_bad_text_and_limits(tiny_lisa, room_image):

@@ -47,6 +47,20 @@ def test_yuv422_is_converted():
     assert out.shape == (4, 6, 3) and np.abs(out.astype(int) - yuyv.astype(int)).max() <= 2
 
 
+@pytest.mark.parametrize("encoding, width, height, message", [
+    ("yuv422_yuy2", 7, 4, "'yuv422_yuy2' needs an even width .*got 7"),
+    ("uyvy", 5, 2, "'uyvy' needs an even width"),
+    ("nv12", 8, 5, "'nv12' needs an even height .*got 5"),
+])
+def test_odd_sizes_of_paired_encodings_are_refused_plainly(encoding, width, height, message):
+    """Found by bench_robustness's fuzz: OpenCV's assertion text (`sz.width % 2 == 0 in function 'CvtHelper'`)
+    reached the requester."""
+    data = bytes(width * height * 2)
+    step = width if encoding == "nv12" else width * 2
+    with pytest.raises(ImageDecodeError, match=message):
+        to_rgb(Image(height=height, width=width, encoding=encoding, step=step, data=data))
+
+
 def test_nv12_keeps_the_image_height():
     colour = np.full((6, 8, 3), (200, 60, 30), np.uint8)
     i420 = cv2.cvtColor(colour, cv2.COLOR_RGB2YUV_I420).reshape(-1)  # Y 48, U 12, V 12 bytes

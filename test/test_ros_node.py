@@ -344,6 +344,45 @@ def test_model_that_failed_to_load(tmp_path, ros, room_image):
         stop_node(process)
 
 
+@pytest.mark.parametrize("then", ["dies", "restarts"])
+def test_a_client_mid_turn_when_the_node_is_killed_gets_session_closed_not_a_hang(tiny_ckpt, tmp_path, ros,
+                                                                                   room_image, then):
+    """Found by bench_robustness: a turn whose node was killed waited for its result until the client's timeout
+    (300 s by default), and with a node restarted at once it would never come. Now ``SessionClosed``, within the DDS
+    lease (10 s in lisa_ros/fastdds_local.xml) and the re-ask period."""
+    import signal
+
+    from lisa_ros.client import SessionClosed
+
+    params = dict(namespace="/killed", model=str(tiny_ckpt), dtype="float32", device="cpu", max_new_tokens=1500)
+    processes = [start_node(tmp_path / "first.log", **params)]
+    client = LisaClient(context=ros, namespace="killed")
+    killed = []
+
+    def kill(feedback):
+        if not killed and feedback.stage != "queued":
+            killed.append(time.monotonic())
+            processes[0].send_signal(signal.SIGKILL)
+            processes[0].wait()
+            if then == "restarts":
+                processes.append(start_node(tmp_path / "second.log", **params))
+
+    try:
+        client.wait_for_node(60)
+        session = client.converse(QUESTION, image=room_image, max_new_tokens=4, timeout=60).session_id
+        with pytest.raises(SessionClosed):
+            client.converse("And where can I sit?", session_id=session, timeout=120, on_feedback=kill)
+        assert killed and time.monotonic() - killed[0] < 30
+        if then == "restarts":  # the new node serves; the old session is gone, and says so
+            client.wait_for_node(60)
+            answer = client.converse("And now?", session_id=session, max_new_tokens=4, timeout=60)
+            assert f"unknown session id '{session}'" in answer.error and "restarted" in answer.error
+    finally:
+        client.close()
+        for process in processes:
+            stop_node(process)
+
+
 def test_lifecycle_deactivate_frees_and_activate_reloads(client, room_image):
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState, GetState
