@@ -1,7 +1,7 @@
 """Live-stream benchmark (CPU, fp32, real DDS): a camera publishes 640×480 frames at 10 Hz into the node while
-questions arrive on ``lisa/query`` at random moments; the query-to-mask latency (question published → union mask on
-``lisa/mask``) with pre-encoding off and on, and the age of the frame answered on. In the same run, on the same
-weights: the engine's first-query and follow-up latency, the reference algorithm's time per query
+questions arrive on ``lisa/query`` at random moments; the query-to-mask latency (question published → its result,
+masks included, on ``lisa/result``) with pre-encoding off and on, and the age of the frame answered on. In the same
+run, on the same weights: the engine's first-query and follow-up latency, the reference algorithm's time per query
 (``reference_algorithm.py``), and the cost of the 3-D step per answer at 640×480 (``lisa_core.geometry``).
 
 Configs: ``tiny`` (lisa-make-tiny) and ``mid`` (random: LLaMA 1024 × 8, CLIP 768 × 12, SAM ViT-B at 1024; see
@@ -73,15 +73,15 @@ class Camera(threading.Thread):
 
 
 def stream_run(model_dir: Path, preencode: bool, queries: int, gap: tuple[float, float], image, log: Path) -> dict:
-    from sensor_msgs.msg import Image
+    from lisa_interfaces.msg import SegmentationResult
     from std_msgs.msg import String
 
     node = start_node({"model": model_dir, "dtype": "float32", "device": "cpu", "max_new_tokens": NEW_TOKENS,
                        "publish_overlay": "false", "preencode": str(preencode).lower(),
                        "preencode_max_age_s": 0.0}, log, local_dds_env(DOMAIN))
     client = LisaClient()
-    masks = []
-    client.node.create_subscription(Image, "lisa/mask", masks.append, 10)
+    results = []  # (the union mask on lisa/mask comes with every answer; the result also says why when there is none)
+    client.node.create_subscription(SegmentationResult, "lisa/result", results.append, 10)
     query = client.node.create_publisher(String, "lisa/query", 10)
     camera = Camera(client, image)
     rng = random.Random(0)
@@ -93,12 +93,15 @@ def stream_run(model_dir: Path, preencode: bool, queries: int, gap: tuple[float,
         for i in range(queries + 1):  # the first one warms up
             deadline = time.monotonic() + rng.uniform(*gap)
             client.spin_until(lambda: time.monotonic() > deadline, 60, "the gap")
-            count = len(masks)
+            count = len(results)
             asked, wall = time.perf_counter(), time.time()
             query.publish(String(data=QUESTION))
-            client.spin_until(lambda: len(masks) > count, 300, "the mask")
+            client.spin_until(lambda: len(results) > count, 300, "the answer")
+            if results[-1].error or not results[-1].masks:
+                raise RuntimeError(f"query {i} got no mask: error '{results[-1].error}', reply "
+                                   f"'{results[-1].reply}' (node log: {log})")
             if i:
-                stamp = masks[-1].header.stamp
+                stamp = results[-1].header.stamp
                 latencies.append(time.perf_counter() - asked)
                 ages.append(wall - (stamp.sec + stamp.nanosec * 1e-9))
                 print(f"  preencode={preencode} query {i}: {latencies[-1]:.2f} s (frame {ages[-1]:.1f} s old)",

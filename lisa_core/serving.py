@@ -4,6 +4,7 @@ queue."""
 from __future__ import annotations
 
 import bisect
+import collections
 import threading
 import time
 import uuid
@@ -183,41 +184,124 @@ class SessionStore:
                                "reset it or start a new session")
 
 
+CONTROL, BACKGROUND = object(), object()  # the sources of control jobs and of idle-time work
+
+
+@dataclass(eq=False)
+class _Job:
+    run: Callable[[], Any]
+    future: Future
+    source: Any
+    seq: int
+    refused: Callable[[Busy], None] | None = None
+
+
 class InferenceQueue:
-    """One worker thread runs jobs in order (one model, one GPU). At most ``max_queued`` jobs wait behind the running
-    one; with 0, a request that arrives while busy is rejected."""
+    """One worker thread runs jobs (one model, one GPU). At most ``max_queued`` requests wait behind the running one;
+    with 0, a request that arrives while busy is rejected.
+
+    Fair between requesters (``source``: whatever tells them apart — a publisher, a session): the next request is
+    taken from the source served least recently, and when the queue is full, a newcomer whose source waits with at
+    least two fewer requests than the fullest source takes the place of that source's newest request, which is
+    refused (``Busy``, through its ``refused`` callback). A client flooding the node so fills only its own share.
+    Requests without a source share one."""
+
+    SOURCES_REMEMBERED = 256  # when each source was last served (the oldest forgotten first)
 
     def __init__(self, max_queued: int = 4):
         self.max_queued = max_queued
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lisa-inference")
-        self._pending = 0
+        self._waiting: list[_Job] = []  # requests and control jobs, in arrival order
+        self._background: list[_Job] = []
+        self._last_served: dict[Any, int] = {}  # source → the seq of its last job started
+        self._running = False
+        self._seq = 0
+        self._stopped = False
         self._lock = threading.Lock()
+        # One worker thread; each accepted job adds one "run the next job" to it, and which job that is is decided
+        # when it runs. (The pool, not a thread of our own: it finishes its job before the interpreter exits.)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lisa-inference")
 
     @property
     def depth(self) -> int:
-        """Jobs accepted and not finished (running + waiting)."""
-        return self._pending
+        """Requests accepted and not finished (running + waiting)."""
+        return len(self._waiting) + self._running
 
-    def submit(self, job: Callable[[], Any], force: bool = False, background: bool = False) -> Future:
-        """Run ``job`` after those already accepted. ``force``: accepted even when full (control jobs, e.g. an
-        adapter switch, that must run between turns). ``background``: idle-time work (pre-encoding) that is not
-        counted as a request: it never makes a request busy, and it should stop as soon as ``depth`` > 0."""
-        if background:
-            return self._pool.submit(job)
+    def submit(self, job: Callable[[], Any], force: bool = False, background: bool = False, source: Any = None,
+               refused: Callable[[Busy], None] | None = None) -> Future:
+        """Run ``job``; its future holds what it returned. ``force``: a control job (e.g. an adapter switch), never
+        refused, run after every request accepted before it. ``background``: idle-time work (pre-encoding), run only
+        while no request waits, not counted in ``depth``; it should stop as soon as ``depth`` > 0. ``Busy`` when the
+        queue is full and ``source`` may not displace another's request."""
         with self._lock:
-            if self._pending > self.max_queued and not force:
-                raise Busy(f"busy: {self._pending} request(s) in progress or queued (limit "
-                           f"{self.max_queued} waiting); try again later")
-            self._pending += 1
-        future = self._pool.submit(job)
-        future.add_done_callback(self._done)
-        return future
+            if self._stopped:
+                raise ServingError("the inference queue is shut down")
+            self._seq += 1
+            entry = _Job(job, Future(), BACKGROUND if background else CONTROL if force else source, self._seq,
+                         refused)
+            if background:
+                self._background.append(entry)
+            else:
+                if not force and self.depth > self.max_queued:
+                    self._make_room_for(source)
+                self._waiting.append(entry)
+        self._pool.submit(self._run_next)
+        return entry.future
 
-    def _done(self, _future) -> None:
+    def _make_room_for(self, source) -> None:
+        """Refuse the newest request of the source waiting with the most, if it has two more than ``source``; else
+        raise ``Busy`` for the newcomer."""
+        counts = collections.Counter(j.source for j in self._waiting if j.source is not CONTROL)
+        busy = Busy(f"busy: {self.depth} request(s) in progress or queued (limit {self.max_queued} waiting); "
+                    "try again later")
+        fullest, most = max(counts.items(), key=lambda kv: kv[1], default=(None, 0))
+        if most < counts[source] + 2:
+            raise busy
+        victim = next(j for j in reversed(self._waiting) if j.source == fullest)
+        self._waiting.remove(victim)
+        victim.future.set_exception(busy)
+        if victim.refused is not None:
+            victim.refused(busy)
+
+    def _next(self) -> _Job | None:
+        """The control job once everything before it ran; else the request whose source was served least recently
+        (ties: the oldest); else background work."""
+        barrier = next((j.seq for j in self._waiting if j.source is CONTROL), None)
+        if barrier is not None and self._waiting[0].seq == barrier:
+            return self._waiting.pop(0)
+        eligible = [j for j in self._waiting if j.source is not CONTROL and (barrier is None or j.seq < barrier)]
+        if eligible:
+            job = min(eligible, key=lambda j: (self._last_served.get(j.source, 0), j.seq))
+            self._waiting.remove(job)
+            self._last_served.pop(job.source, None)
+            self._last_served[job.source] = job.seq
+            while len(self._last_served) > self.SOURCES_REMEMBERED:
+                del self._last_served[next(iter(self._last_served))]
+            return job
+        return self._background.pop(0) if self._background else None
+
+    def _run_next(self) -> None:
         with self._lock:
-            self._pending -= 1
+            job = self._next()
+            if job is None:  # (a refused request's turn)
+                return
+            self._running = job.source is not BACKGROUND
+        try:
+            if job.future.set_running_or_notify_cancel():
+                try:
+                    job.future.set_result(job.run())
+                except BaseException as err:  # the job's own error, for whoever holds the future
+                    job.future.set_exception(err)
+        finally:
+            with self._lock:
+                self._running = False
 
     def shutdown(self) -> None:
+        """Stop after the running job; what waits is dropped (its futures cancelled)."""
+        with self._lock:
+            self._stopped = True
+            for job in self._waiting + self._background:
+                job.future.cancel()
+            self._waiting, self._background = [], []
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 

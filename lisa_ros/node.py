@@ -294,14 +294,17 @@ class LisaNode(LifecycleNode):
     def on_camera_info(self, msg: CameraInfo) -> None:
         self.camera_info = msg
 
-    def on_query(self, msg: String) -> None:
+    def on_query(self, msg: String, info) -> None:
         received = time.perf_counter()
         text = msg.data
+        gid = info.get("publisher_gid")  # each publisher its own share of the queue
+        refuse = functools.partial(self.publish_error, text, Header(), received=received)
         try:
             self.check_request(text)
-            self.queue.submit(lambda: self.serve_query(text, received))
+            self.queue.submit(lambda: self.serve_query(text, received), source=("topic", gid and bytes(gid["data"])),
+                              refused=lambda busy: refuse(str(busy)))
         except ServingError as err:
-            self.publish_error(text, Header(), str(err), received)
+            refuse(str(err))
 
     def decode_image(self, msg):
         """A camera frame or goal image → RGB, within ``max_image_pixels`` / ``max_compressed_bytes``."""
@@ -402,11 +405,14 @@ class LisaNode(LifecycleNode):
                 outcome.setdefault("header", header)
                 self.complete(done, None)
 
-        try:
-            self.queue.submit(job)
-        except ServingError as err:
+        def refuse(err: ServingError):
             outcome["error"], outcome["header"] = str(err), goal.image.header
             done.set_result(None)
+
+        try:  # a session's turns share its share of the queue; new sessions share one
+            self.queue.submit(job, source=("session", goal.session_id), refused=refuse)
+        except ServingError as err:
+            refuse(err)
         await done
         if "msg" in outcome:
             goal_handle.succeed()

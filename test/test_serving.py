@@ -104,6 +104,55 @@ def test_queue_runs_in_order_and_rejects_when_full():
     running.result(5)
 
 
+def run_with_gate(queue, jobs):
+    """Hold the worker on a first job (source "A") while ``jobs`` [(source, name)] are submitted; then let it go.
+    Returns (the order the jobs ran in, the names refused busy at submit, the names refused later)."""
+    gate, order, refused_later, refused_now = threading.Event(), [], [], []
+    futures = [queue.submit(lambda: gate.wait(5) and order.append("gate"), source="A")]
+    time.sleep(0.05)  # the gate is running
+    for source, name in jobs:
+        try:
+            futures.append(queue.submit(lambda name=name: order.append(name), source=source,
+                                        refused=lambda busy, name=name: refused_later.append(name)))
+        except Busy:
+            refused_now.append(name)
+    gate.set()
+    for future in futures:
+        try:
+            future.result(5)
+        except Busy:
+            pass
+    time.sleep(0.05)
+    return order, refused_now, refused_later
+
+
+def test_queue_takes_the_source_served_least_recently_first():
+    order, _, _ = run_with_gate(InferenceQueue(max_queued=4), [("A", "A2"), ("A", "A3"), ("B", "B1"), ("A", "A4")])
+    assert order == ["gate", "B1", "A2", "A3", "A4"]
+
+
+def test_a_flooding_source_gives_up_its_newest_request_to_a_newcomer():
+    jobs = [("A", "A2"), ("A", "A3"), ("A", "A4"), ("B", "B1"), ("C", "C1"), ("D", "D1")]
+    order, refused_now, refused_later = run_with_gate(InferenceQueue(max_queued=3), jobs)
+    # full at A2–A4: B1 displaces A4, C1 displaces A3 (A still holds 2 to C's 0); D1 finds A, B, C with one each
+    assert refused_later == ["A4", "A3"] and refused_now == ["D1"]
+    assert order == ["gate", "B1", "C1", "A2"]
+
+
+def test_control_job_runs_after_the_requests_before_it():
+    queue = InferenceQueue(max_queued=4)
+    gate, order = threading.Event(), []
+    queue.submit(lambda: gate.wait(5), source="A")
+    time.sleep(0.05)
+    queue.submit(lambda: order.append("A2"), source="A")
+    queue.submit(lambda: order.append("B1"), source="B")
+    queue.submit(lambda: order.append("switch"), force=True)
+    last = queue.submit(lambda: order.append("C1"), source="C")
+    gate.set()
+    last.result(5)
+    assert order == ["B1", "A2", "switch", "C1"]
+
+
 class FakeQueue:
     """Stands in for InferenceQueue: background jobs are kept to be run by hand; ``depth`` reads 0 until
     ``busy_after`` reads (then 1), so a test decides where in an encode a request "arrives"."""
