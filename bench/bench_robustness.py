@@ -21,6 +21,7 @@ import collections
 import json
 import os
 import random
+import re
 import signal
 import statistics
 import sys
@@ -130,8 +131,9 @@ class Prober:
 
 
 def error_kind(error: str) -> str:
-    """An error's kind for counting: its text up to the first quote, digit or colon detail."""
-    for stop in ("'", ":", "(", "0123456789"):
+    """An error's kind for counting: its text with quoted names as '…', up to the first digit, colon or bracket."""
+    error = re.sub(r"'[^']*'", "'…'", error)
+    for stop in (":", "(", "0123456789"):
         cut = min((error.index(c) for c in stop if c in error), default=len(error))
         error = error[:cut]
     return error.strip()[:60] or "(empty)"

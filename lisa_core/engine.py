@@ -63,6 +63,9 @@ class LisaResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     turn: int = 1
     adapter: str | None = None  # the active adapter's name; None: the base model
+    # ``[n, 256]`` SAM prompt embeddings of the [SEG] tokens: decoded again on another frame (``Lisa.redecode``),
+    # they segment the same target there without the language model
+    seg_prompts: torch.Tensor | None = None
 
     def union_mask(self, shape) -> np.ndarray:
         return np.logical_or.reduce(self.masks) if self.masks else np.zeros(shape, dtype=bool)
@@ -289,8 +292,8 @@ class Lisa:
             hidden = self.model.model(inputs_embeds=embeds, use_cache=False).last_hidden_state[0]
             hidden = hidden[token_end_positions(ids, features.shape[0])]
         positions = seg_hidden_positions(ids, self.tokenizer.seg_token_id)
-        logits, scores = self._masks(state, hidden[positions], watch)
-        return _result(answer, ids, logits, scores, watch, adapter=self.active_adapter)
+        logits, scores, prompts = self._masks(state, hidden[positions], watch)
+        return _result(answer, ids, logits, scores, watch, adapter=self.active_adapter, prompts=prompts)
 
     # ---------------------------------------------------------------- internals
     def _check_context(self, ids: Sequence[int], n_patches: int, cached: int, max_new_tokens: int) -> int:
@@ -304,13 +307,22 @@ class Lisa:
         return min(max_new_tokens, self.context_length - length)
 
     def _masks(self, state: ImageState, hidden: torch.Tensor, watch: Stopwatch):
-        """``[n, H]`` hidden states → (``[n, H, W]`` float32 logits, ``[n]`` scores)."""
+        """``[n, H]`` hidden states → (``[n, H, W]`` float32 logits, ``[n]`` scores, ``[n, 256]`` prompts)."""
         if hidden.shape[0] == 0:
-            return torch.zeros((0, *state.size)), torch.zeros(0)
+            return torch.zeros((0, *state.size)), torch.zeros(0), None
+        with watch.measure("mask_decode"):
+            prompts = self.model.seg_prompts(hidden)
+        return (*self.redecode(state, prompts, watch), prompts)
+
+    @torch.inference_mode()
+    def redecode(self, state: ImageState, prompts: torch.Tensor, watch: Stopwatch | None = None):
+        """``[n, 256]`` [SEG] prompt embeddings (``LisaResult.seg_prompts``) decoded on ``state``'s frame (SAM image
+        encoder when it has no embedding yet, then the mask decoder; no language model) → (``[n, H, W]`` float32
+        logits, ``[n]`` predicted IoU)."""
+        watch = watch or Stopwatch()
         with watch.measure("sam_encode", when=state.sam_embedding is None):
             embedding = self.sam_embedding(state)
         with watch.measure("mask_decode"):
-            prompts = self.model.seg_prompts(hidden)
             return self.model.decode_masks(embedding, prompts, state.sam_input_size, state.size)
 
 
@@ -384,12 +396,13 @@ class Session:
             raise
         turn_ids = fed + generated
         positions = seg_hidden_positions(turn_ids, lisa.tokenizer.seg_token_id, start=max(carried, 1))
-        logits, scores = lisa._masks(self.state, hidden[positions], watch)
+        logits, scores, prompts = lisa._masks(self.state, hidden[positions], watch)
         eos = lisa.tokenizer.eos_token_id
         self.pending = generated[-1:] + ([eos] if generated[-1] != eos else [])
         reply = lisa.tokenizer.decode(generated)
         self.turns.append((text, reply))
-        return _result(reply, generated, logits, scores, watch, turn=len(self.turns), adapter=self.adapter)
+        return _result(reply, generated, logits, scores, watch, turn=len(self.turns), adapter=self.adapter,
+                       prompts=prompts)
 
     def _generate(self, fed: list[int], features, budget: int, on_token, watch: Stopwatch):
         """Prefill ``fed`` then decode greedily. Returns (generated ids, ``[len(fed) + len(gen) - 1, H]`` hidden)."""
@@ -439,8 +452,9 @@ def _check_text(text: str) -> None:
 
 
 def _result(text, ids, logits: torch.Tensor, scores: torch.Tensor, watch: Stopwatch, turn: int = 1,
-            adapter: str | None = None) -> LisaResult:
+            adapter: str | None = None, prompts: torch.Tensor | None = None) -> LisaResult:
     logits_np = logits.float().cpu().numpy()
     watch.times["total"] = sum(v for k, v in watch.times.items() if k != "decode_tokens")
     return LisaResult(text=text, token_ids=list(ids), masks=[m > 0 for m in logits_np], mask_logits=logits_np,
-                      scores=[float(s) for s in scores], timings=dict(watch.times), turn=turn, adapter=adapter)
+                      scores=[float(s) for s in scores], timings=dict(watch.times), turn=turn, adapter=adapter,
+                      seg_prompts=prompts)
