@@ -54,18 +54,49 @@ def mid_size(tiny: Lisa, probe_image=None) -> Lisa:
                                             num_attention_heads=12, image_size=224, patch_size=14))
     vit_b = SamSpec(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=[2, 5, 8, 11])
     config = tiny_config(tiny.model.config.vocab_size, 768, vit_b)
+    # (head_dim too: the config computed it from the tiny sizes, and a checkpoint in the official layout carries
+    # none, so a saved mid model loaded back as hidden_size / heads and failed on its 256-wide attention)
     config.update(dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
-                       num_key_value_heads=16))
+                       num_key_value_heads=16, head_dim=1024 // 16))
     model = LisaForCausalLM(config)
     model.attach_vision_tower(clip)
     lisa = Lisa(model.eval(), tiny.tokenizer, tiny.clip_processor, torch.device("cpu"), "mid")
-    with torch.no_grad():  # like the tiny factory: greedy decoding emits [SEG] instead of its favourite token
-        head = model.lm_head.weight
-        head[tiny.tokenizer.eos_token_id] *= 0
-        probe_image = read_image(SAMPLE_IMAGE) if probe_image is None else probe_image
-        probe = lisa.chat(probe_image, QUESTION, max_new_tokens=8).token_ids
-        head[tiny.tokenizer.seg_token_id] = 1.05 * head[max(set(probe), key=probe.count)]
+    teach_reply(lisa, read_image(SAMPLE_IMAGE) if probe_image is None else probe_image, QUESTION, MID_REPLY)
     return lisa
+
+
+MID_REPLY = "Sure, it is [SEG]."  # what LISA answers: a short sentence, one mask
+
+
+def teach_reply(lisa: Lisa, image, question: str, reply: str, rounds: int = 30) -> None:
+    """Make greedy decoding of random weights answer ``question`` on ``image`` with ``reply`` then EOS: for each
+    position where it goes astray, the ``lm_head`` row of the wanted token is pushed along that position's hidden
+    state until it wins by a margin (the hidden states of a random 1024-wide model are nearly orthogonal, so the
+    pushes hardly disturb each other). Benchmarks then time a LISA-like answer (one ``[SEG]``) on mid-size weights."""
+    from lisa_core.prompt import first_turn_text, token_end_positions
+
+    tokenizer, model = lisa.tokenizer, lisa.model
+    target = tokenizer.encode(reply, add_bos=False) + [tokenizer.eos_token_id]
+    prompt = tokenizer.encode(first_turn_text(question))
+    state = lisa.image_state(image)
+    with torch.no_grad():
+        features = lisa.clip_features(state)
+        ids = prompt + target[:-1]
+        embeds = model.embed_ids(torch.tensor(ids, device=lisa.device), features)
+        hidden = model.model(inputs_embeds=embeds, use_cache=False).last_hidden_state[0]
+        hidden = hidden[token_end_positions(ids, features.shape[0])][len(prompt) - 1:]  # predicting each target
+        head = model.lm_head.weight
+        for _ in range(rounds):
+            logits = hidden @ head.T
+            wrong = [k for k, t in enumerate(target) if int(logits[k].argmax()) != t]
+            if not wrong:
+                break
+            for k in wrong:
+                h, t = hidden[k], target[k]
+                gap = float(logits[k].max() - logits[k, t]) + 1.0
+                head[t] += gap * h / float(h @ h)
+    got = lisa.chat(image, question, max_new_tokens=len(target) + 4).token_ids
+    assert got == target, f"the mid model answers {tokenizer.decode(got)!r}, not {reply!r}"
 
 
 def scenarios(name: str) -> dict:

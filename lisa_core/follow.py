@@ -31,7 +31,8 @@ class FollowConfig:
     redecode_s: float = 1.0  # re-decode at least this often even while the flow is confident (0: every frame)
     min_flow_confidence: float = 0.5  # a carried mask below this is re-decoded on the same frame
     min_agreement: float = 0.3  # IoU of a re-decoded mask with the carried one below which the re-decode failed
-    lost_after: int = 2  # consecutive failed re-decodes before the target is reported lost
+    lost_after: int = 3  # consecutive failed re-decodes before the target is reported lost
+    max_appearance_distance: float = 0.5  # Bhattacharyya distance of colour histograms: farther is not the target
     reacquire_agreement: float = 0.5  # while lost: IoU of two re-decodes in a row that re-acquires the target
     max_corners: int = 150
     min_area: int = 30  # pixels: a smaller mask is no mask
@@ -76,6 +77,7 @@ class Follower:
         self.last_redecode = clock()
         self.failures = 0
         self.candidate: np.ndarray | None = None  # while lost: the last re-decode that looked like the target
+        self.appearance = colour_histogram(image, self.mask)  # what the target looks like, to tell it from others
 
     @property
     def lost(self) -> bool:
@@ -116,7 +118,7 @@ class Follower:
         """While lost, every frame: re-acquired when this re-decode agrees with the last one carried here by the
         flow, on a mask of about the target's last size."""
         mask, score = self._decode(image)
-        previous, self.candidate = self.candidate, mask if self._plausible(mask) else None
+        previous, self.candidate = self.candidate, mask if self._plausible(image, mask) else None
         if self.candidate is not None and previous is not None:
             moved, _ = carry_mask(self.grey, grey, previous, self.config.max_corners)
             agreement = overlap(self.candidate, moved)
@@ -131,10 +133,20 @@ class Follower:
         logits, scores = self.lisa.redecode(self.lisa.image_state(image), self.prompt)
         return logits[0].cpu().numpy() > 0, float(scores[0])
 
-    def _plausible(self, mask: np.ndarray) -> bool:
-        """A mask of roughly the size the target last had (a quarter to four times)."""
+    def _plausible(self, image: np.ndarray, mask: np.ndarray) -> bool:
+        """A mask of roughly the size the target last had (a quarter to four times) whose colours look like it."""
         area, known = int(mask.sum()), max(1, int(self.mask.sum()))
-        return area >= self.config.min_area and known / 4 <= area <= known * 4
+        if area < self.config.min_area or not known / 4 <= area <= known * 4:
+            return False
+        distance = cv2.compareHist(self.appearance, colour_histogram(image, mask), cv2.HISTCMP_BHATTACHARYYA)
+        return distance <= self.config.max_appearance_distance
+
+
+def colour_histogram(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Hue × saturation histogram (16 × 8) of the masked pixels, normalised."""
+    hsv = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2HSV)
+    hist = cv2.calcHist([hsv], [0, 1], mask.astype(np.uint8), [16, 8], [0, 180, 0, 256])
+    return cv2.normalize(hist, hist, norm_type=cv2.NORM_L1)
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
