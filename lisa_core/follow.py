@@ -3,10 +3,11 @@ language model. Tiers, cheapest first, chosen per frame:
 
 1. ``flow``: the last mask carried to the new frame by sparse optical flow (OpenCV's pyramidal Lucas–Kanade on
    corners inside the mask, forward–backward checked, a RANSAC similarity transform; a few ms at 640×480);
-2. ``redecode``: when the carried mask's confidence drops, or at least every ``redecode_s``: SAM's mask decoder
-   run again with the answer's stored ``[SEG]`` prompt embedding on the new frame's SAM embedding (the image encoder
-   once per frame, no LLM); of its mask, the part connected to the carried one is kept (the same target, not a
-   look-alike elsewhere in the view);
+2. ``redecode``: when the carried mask's confidence drops, while it touches the frame's edge (the target is
+   entering or leaving the view: the flow can move a mask, not grow it), on every frame after a re-decode that
+   disagreed, and at least every ``redecode_s``: SAM's mask decoder run again with the answer's stored ``[SEG]``
+   prompt embedding on the new frame's SAM embedding (the image encoder once per frame, no LLM); of its mask, the
+   part connected to the carried one is kept (the same target, not a look-alike elsewhere in the view);
 3. ``lost``: the re-decoded mask is empty or disjoint from where the target was for ``lost_after`` consecutive
    re-decodes; a caller may then ask the question again (the node's ``follow_requery``). While lost, every frame
    is re-decoded, and the target is re-acquired when two re-decodes in a row agree on a mask of about its size.
@@ -78,6 +79,7 @@ class Follower:
         self.failures = 0
         self.candidate: np.ndarray | None = None  # while lost: the last re-decode that looked like the target
         self.appearance = colour_histogram(image, self.mask)  # what the target looks like, to tell it from others
+        self.known_area = int(self.mask.sum())  # its size when last seen whole (not cut by the frame's border)
 
     @property
     def lost(self) -> bool:
@@ -90,6 +92,8 @@ class Follower:
         self.grey = grey
         if not update.lost:
             self.mask = update.mask
+            if update.confidence >= 0.5 and not touches_border(update.mask):  # seen whole: its size now
+                self.known_area = update.area
         update.seconds = time.perf_counter() - start
         return update
 
@@ -97,7 +101,8 @@ class Follower:
         config = self.config
         carried, confidence = carry_mask(self.grey, grey, self.mask, config.max_corners)
         flow_ok = confidence >= config.min_flow_confidence and carried.sum() >= config.min_area
-        if flow_ok and self.clock() - self.last_redecode < config.redecode_s:
+        if (flow_ok and not self.failures and not touches_border(carried)
+                and self.clock() - self.last_redecode < config.redecode_s):
             return FollowUpdate(carried, FLOW, confidence, float("nan"), 0.0)
         near = carried if carried.sum() >= config.min_area else self.mask
         mask, score = self._decode(image)
@@ -106,11 +111,12 @@ class Follower:
         if kept.sum() >= config.min_area and agreement >= config.min_agreement:
             self.failures = 0
             return FollowUpdate(kept, REDECODE, min(1.0, agreement / 0.7), score, 0.0)
-        if flow_ok:  # SAM disagrees where the flow is sure: keep the flow's mask (a re-decode is no ground truth)
-            return FollowUpdate(carried, FLOW, confidence, score, 0.0)
+        # SAM disagrees: re-decode every frame from now on; after lost_after disagreements in a row, the target is
+        # gone (the flow alone would keep following whatever texture stayed under the mask, e.g. the frame's edge)
         self.failures += 1
-        if not self.lost:  # not lost yet: keep what was carried, marked unsure
-            return FollowUpdate(near, REDECODE, 0.0, score, 0.0)
+        if not self.lost:  # not lost yet: keep the flow's mask (or what was carried), with less trust
+            return (FollowUpdate(carried, FLOW, confidence / 2, score, 0.0) if flow_ok else
+                    FollowUpdate(near, REDECODE, 0.0, score, 0.0))
         self.candidate = None
         return FollowUpdate(np.zeros_like(mask), LOST, 0.0, score, 0.0)
 
@@ -134,8 +140,9 @@ class Follower:
         return logits[0].cpu().numpy() > 0, float(scores[0])
 
     def _plausible(self, image: np.ndarray, mask: np.ndarray) -> bool:
-        """A mask of roughly the size the target last had (a quarter to four times) whose colours look like it."""
-        area, known = int(mask.sum()), max(1, int(self.mask.sum()))
+        """A mask of roughly the size the target last had when seen whole (a quarter to four times) whose colours
+        look like it."""
+        area, known = int(mask.sum()), max(1, self.known_area)
         if area < self.config.min_area or not known / 4 <= area <= known * 4:
             return False
         distance = cv2.compareHist(self.appearance, colour_histogram(image, mask), cv2.HISTCMP_BHATTACHARYYA)
@@ -147,6 +154,10 @@ def colour_histogram(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     hsv = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2HSV)
     hist = cv2.calcHist([hsv], [0, 1], mask.astype(np.uint8), [16, 8], [0, 180, 0, 256])
     return cv2.normalize(hist, hist, norm_type=cv2.NORM_L1)
+
+
+def touches_border(mask: np.ndarray) -> bool:
+    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
 
 
 def _grey(image: np.ndarray) -> np.ndarray:

@@ -62,15 +62,19 @@ def test_follower_needs_a_mask_to_follow(tiny_lisa, room_image):
 
 
 def test_follower_carries_the_mask_by_flow_between_redecodes(tiny_lisa, room_image):
-    """On a slowly panning view, with re-decodes far apart, every update is tier 1 and moves with the image."""
+    """On a slowly panning view, with re-decodes far apart and the target clear of the frame's edge, every update is
+    tier 1 and moves with the image (the random checkpoint's own mask would touch the edge: a box stands in)."""
     answer = tiny_lisa.chat(room_image, "Where can I wash my hands? Please output segmentation mask.",
                             max_new_tokens=24)
+    h, w = room_image.shape[:2]
+    box = np.zeros((h, w), bool)
+    box[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = True
+    answer.masks = [box]
     follower = Follower(tiny_lisa, answer, room_image, config=FollowConfig(redecode_s=1e9, min_flow_confidence=0.3))
     for step in range(1, 4):
         update = follower.update(shifted(room_image, 2 * step, 0))
-        assert update.tier in (FLOW, "redecode") and not update.lost
-    expected = shifted(answer.masks[0].astype(np.uint8), 6, 0) > 0
-    assert overlap(update.mask, expected) > 0.8
+        assert update.tier == FLOW and not update.lost
+    assert overlap(update.mask, shifted(box.astype(np.uint8), 6, 0) > 0) > 0.9
 
 
 def test_sequences_leave_the_target_and_come_back():
