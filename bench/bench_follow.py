@@ -5,6 +5,9 @@ with the ground truth while the target is in view (mean, 10th percentile), frame
 frames until it is re-acquired after it returns, and the compute per frame of each tier. Frames are taken as from
 a 10 Hz camera (the follower's clock), processed as fast as they come.
 Writes ``bench/results/follow.json``.
+Also the cost of each tier at 640×480 on the embedded model, and the tiered schedule's compute per frame there (the
+tier mix of the sequences above). Not yet on the mid-size config: ``bench_engine.teach_reply`` cannot yet make its
+random weights answer like LISA on these frames (the tiny tokenizer's repeated pieces, e.g. "▁", conflict).
 Usage: python bench/bench_follow.py [--sequences 9] [--frames 80]
 """
 from __future__ import annotations
@@ -66,6 +69,36 @@ def scores(masks: list[np.ndarray], seq, lost: list[bool] | None = None) -> dict
     return row
 
 
+def median_seconds(fn, repeats: int) -> float:
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - start)
+    return statistics.median(runs)
+
+
+def tier_costs(lisa: Lisa, seq, question: str, repeats: int) -> dict:
+    """Seconds per frame of each tier on ``seq``'s frames: flow (``carry_mask``), re-decode (a new frame's SAM
+    embedding + the mask decoder), asking again (the whole chat)."""
+    from lisa_core.follow import _grey, carry_mask
+
+    answer = lisa.chat(seq.frames[0], question, max_new_tokens=24)
+    mask = answer.masks[0] if answer.masks else seq.truth[0]
+    greys = [_grey(f) for f in seq.frames[:repeats + 1]]
+    frames = iter(seq.frames[1:])
+    flow = median_seconds(lambda: carry_mask(greys[0], greys[1], mask), 20)
+    redecode = median_seconds(lambda: lisa.redecode(lisa.image_state(next(frames)), answer.seg_prompts), repeats)
+    ask = median_seconds(lambda: lisa.chat(next(frames), question, max_new_tokens=24), repeats)
+    return {"flow_s": flow, "redecode_s": redecode, "ask_again_s": ask, "masks_in_answer": len(answer.masks)}
+
+
+def scheduled(costs: dict, mix: dict) -> float:
+    """Compute per frame of the tiered follower with the tier mix ``mix`` (updates per tier; lost frames re-decode)."""
+    total = sum(mix.values())
+    return (mix.get("flow", 0) * costs["flow_s"] + (total - mix.get("flow", 0)) * costs["redecode_s"]) / total
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sequences", type=int, default=9)
@@ -109,6 +142,22 @@ def main(argv=None) -> None:
         summary[m]["lost_reported"] = sum(r[m]["frames_to_lost"] is not None for r in done) / len(done)
         summary[m]["reacquired"] = sum(r[m]["frames_to_reacquire"] is not None for r in done) / len(done)
     summary["tier_ms"] = {tier: 1000 * statistics.median(s) for tier, s in costs.items()}
+    mix = collections.Counter()
+    for r in done:
+        mix.update(r["tiered"]["tiers"])
+    seq = make_sequence(room_seed(HELD_OUT, 2000), "sink", frames=16, size=(480, 640))
+    question = TARGETS["sink"][1][0]
+    configs = {args.model: (lisa, question)}  # (the mid-size config: not yet — see the docstring)
+    at_640 = {}
+    for name, (model, asked) in configs.items():
+        at_640[name] = tier_costs(model, seq, asked, repeats=5)
+        at_640[name]["tiered_s_per_frame"] = scheduled(at_640[name], mix)
+        at_640[name]["ask_again_over_tiered"] = at_640[name]["ask_again_s"] / at_640[name]["tiered_s_per_frame"]
+        print(f"{name} at 640×480: flow {1000 * at_640[name]['flow_s']:.1f} ms, re-decode "
+              f"{1000 * at_640[name]['redecode_s']:.0f} ms, ask again {1000 * at_640[name]['ask_again_s']:.0f} ms; "
+              f"tiered (the mix above) {1000 * at_640[name]['tiered_s_per_frame']:.0f} ms/frame, "
+              f"{at_640[name]['ask_again_over_tiered']:.1f}× less than asking again", flush=True)
+    summary["tier_mix"], summary["costs_640x480"] = dict(mix), at_640
     report = {"model": args.model, "frames": args.frames, "sequences": rows, "summary": summary}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "follow.json").write_text(json.dumps(report, indent=1) + "\n")
