@@ -38,7 +38,6 @@ from lisa_interfaces.action import Converse
 from lisa_interfaces.msg import SegmentationResult
 from lisa_interfaces.srv import ListSessions, ResetSession
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
@@ -70,16 +69,8 @@ class Prober:
     """One rclpy node talking to a LISA node in ``namespace``: camera, queries, results, the action, services."""
 
     def __init__(self, executor, name: str, namespace: str = "", image_type=Image, image_topic="/camera/image_raw"):
-        self.node = rclpy.create_node(name, namespace=namespace)
-        executor.add_node(self.node)
-        self.executor = executor
-        self.client = LisaClient.__new__(LisaClient)  # its waiting logic on our node and shared executor
-        self.client.node, self.client.executor = self.node, executor
-        from rclpy.action import ActionClient
-
-        self.client.action = ActionClient(self.node, Converse, "lisa/converse", goal_service_qos_profile=REQUESTS,
-                                          result_service_qos_profile=REQUESTS, cancel_service_qos_profile=REQUESTS)
-        self.camera = self.node.create_publisher(image_type, image_topic, qos_profile_sensor_data)
+        self.client = LisaClient(namespace, image_topic, executor=executor, name=name, image_type=image_type)
+        self.node, self.executor, self.camera = self.client.node, executor, self.client.camera
         self.queries = self.node.create_publisher(String, "lisa/query", REQUESTS)
         self.results: collections.Counter = collections.Counter()  # query text as the node saw it → results
         self.errors: collections.Counter = collections.Counter()  # error kind → results
@@ -89,19 +80,13 @@ class Prober:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
         self.lister = self.node.create_client(ListSessions, "lisa/list_sessions", qos_profile=REQUESTS)
         self.resetter = self.node.create_client(ResetSession, "lisa/reset_session", qos_profile=REQUESTS)
+        self.spin_until = self.client.spin_until
 
     def on_result(self, msg) -> None:
         self.results[msg.query] += 1
         if msg.error:
             self.errors[error_kind(msg.error)] += 1
             self.failed[msg.query] += 1
-
-    def spin_until(self, done, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not done():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-            self.executor.spin_once(timeout_sec=0.02)
 
     def ready(self, timeout=120.0) -> None:
         self.spin_until(lambda: self.client.action.server_is_ready() and self.queries.get_subscription_count() > 0
@@ -351,8 +336,7 @@ def concurrent_clients(executor, flooder: Prober, count: int, turns: int) -> dic
                   for s in state]
     rates = [turns / sum(s["latency"]) for s in state]
     for p in probers:
-        executor.remove_node(p.node)
-        p.node.destroy_node()
+        p.client.close()
     return {"clients": count, "turns_each": turns, "seconds": seconds, "per_client": per_client,
             "crossed": sum(c["crossed"] for c in per_client),
             "jain_fairness": sum(rates) ** 2 / (len(rates) * sum(r * r for r in rates)),

@@ -43,14 +43,18 @@ class SessionClosed(RuntimeError):
 class LisaClient:
     """A small rclpy client of the LISA node: camera publisher, action client, overlay listener."""
 
-    def __init__(self, namespace: str = "", image_topic: str = "/camera/image_raw", context=None):
-        self.node = Node("lisa_client", namespace=namespace, context=context)
+    def __init__(self, namespace: str = "", image_topic: str = "/camera/image_raw", context=None, executor=None,
+                 name: str = "lisa_client", image_type=Image):
+        """``executor``: spin this client's node on it (several clients in one process share one); default: its own.
+        ``image_type``: what ``camera`` publishes (``CompressedImage`` for a node with ``image_transport:=compressed``)."""
+        self.node = Node(name, namespace=namespace, context=context)
         self.action = ActionClient(self.node, Converse, "lisa/converse", goal_service_qos_profile=REQUESTS,
                                    result_service_qos_profile=REQUESTS, cancel_service_qos_profile=REQUESTS)
-        self.camera = self.node.create_publisher(Image, image_topic, qos_profile_sensor_data)
+        self.camera = self.node.create_publisher(image_type, image_topic, qos_profile_sensor_data)
         self.overlays: dict[tuple[int, int], np.ndarray] = {}
         self.node.create_subscription(Image, "lisa/overlay", self._on_overlay, 5)
-        self.executor = rclpy.executors.SingleThreadedExecutor(context=context)
+        self.own_executor = executor is None
+        self.executor = rclpy.executors.SingleThreadedExecutor(context=context) if executor is None else executor
         self.executor.add_node(self.node)
 
     def _on_overlay(self, msg: Image) -> None:
@@ -124,7 +128,10 @@ class LisaClient:
         return self.overlays.pop(key)
 
     def close(self) -> None:
-        self.executor.shutdown()
+        if self.own_executor:
+            self.executor.shutdown()
+        else:
+            self.executor.remove_node(self.node)
         self.node.destroy_node()
 
 
