@@ -232,6 +232,7 @@ class InferenceQueue:
         refused, run after every request accepted before it. ``background``: idle-time work (pre-encoding), run only
         while no request waits, not counted in ``depth``; it should stop as soon as ``depth`` > 0. ``Busy`` when the
         queue is full and ``source`` may not displace another's request."""
+        displaced = None
         with self._lock:
             if self._stopped:
                 raise ServingError("the inference queue is shut down")
@@ -242,25 +243,29 @@ class InferenceQueue:
                 self._background.append(entry)
             else:
                 if not force and self.depth > self.max_queued:
-                    self._make_room_for(source)
+                    displaced = self._make_room_for(source)
                 self._waiting.append(entry)
+        if displaced is not None:  # told outside the lock: its callback may do anything
+            displaced.future.set_exception(self._busy())
+            if displaced.refused is not None:
+                displaced.refused(self._busy())
         self._pool.submit(self._run_next)
         return entry.future
 
-    def _make_room_for(self, source) -> None:
-        """Refuse the newest request of the source waiting with the most, if it has two more than ``source``; else
-        raise ``Busy`` for the newcomer."""
-        counts = collections.Counter(j.source for j in self._waiting if j.source is not CONTROL)
-        busy = Busy(f"busy: {self.depth} request(s) in progress or queued (limit {self.max_queued} waiting); "
+    def _busy(self) -> Busy:
+        return Busy(f"busy: {self.depth} request(s) in progress or queued (limit {self.max_queued} waiting); "
                     "try again later")
+
+    def _make_room_for(self, source) -> _Job:
+        """Take out and return the newest request of the source waiting with the most, if it has two more than
+        ``source``; else raise ``Busy`` for the newcomer. (Under the lock.)"""
+        counts = collections.Counter(j.source for j in self._waiting if j.source is not CONTROL)
         fullest, most = max(counts.items(), key=lambda kv: kv[1], default=(None, 0))
         if most < counts[source] + 2:
-            raise busy
+            raise self._busy()
         victim = next(j for j in reversed(self._waiting) if j.source == fullest)
         self._waiting.remove(victim)
-        victim.future.set_exception(busy)
-        if victim.refused is not None:
-            victim.refused(busy)
+        return victim
 
     def _next(self) -> _Job | None:
         """The control job once everything before it ran; else the request whose source was served least recently
