@@ -206,6 +206,8 @@ def _dilate(mask: np.ndarray, pixels: int = 5) -> np.ndarray:
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two bool masks, 0 when both are empty: here an empty mask never agrees with anything (not
+    ``metrics.mask_iou``, whose reference convention scores two empty masks 1)."""
     union = (a | b).sum()
     return float((a & b).sum() / union) if union else 0.0
 
