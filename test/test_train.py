@@ -162,6 +162,12 @@ def test_shipped_configs_load():
     assert dataclasses.replace(paper, output_dir=TrainConfig().output_dir, sam_checkpoint=None) == TrainConfig()
     robot = TrainConfig.load(str(configs / "robot_rooms.yaml"))
     assert robot.model == "xinlai/LISA-7B-v1" and robot.sam_checkpoint is None and "scannet" in robot.datasets
+    stage1 = TrainConfig.load(str(configs / "lisa_tiny_rooms.yaml"))
+    stage2 = TrainConfig.load(str(configs / "lisa_tiny_rooms_stage2.yaml"))
+    assert (stage2.model, stage2.lr, stage2.warmup_steps, stage2.steps_per_epoch) == (
+        "runs/lisa-tiny-rooms-stage1", 3e-4, 100, 6000)  # stage 1's export, a second lr cycle; all else as stage 1
+    assert dataclasses.replace(stage2, model=stage1.model, output_dir=stage1.output_dir, lr=stage1.lr,
+                               warmup_steps=stage1.warmup_steps, steps_per_epoch=stage1.steps_per_epoch) == stage1
 
 
 def test_sigterm_stops_after_a_checkpoint_and_resumes(tiny_ckpt, tmp_path, monkeypatch):
@@ -214,3 +220,30 @@ def test_sigterm_to_the_data_workers_too_still_stops_cleanly(tiny_ckpt, tmp_path
     monkeypatch.undo()
     resumed = train(config(tiny_ckpt, run, eval_every=5, workers=2), max_steps=6)
     assert resumed["step"] == 6 and resumed["samples_seen"] == 24
+
+
+def test_model_card_lists_every_training_stage_in_order(tmp_path):
+    from training.model_card import write_card
+
+    (tmp_path / "data" / "scannet" / "scene0000_00" / "color").mkdir(parents=True)
+    (tmp_path / "data" / "scannet" / "scene0000_00" / "color" / "0.jpg").write_bytes(b"")
+    runs = []
+    for stage, (start, steps, giou) in enumerate([("init", 40, 0.3), ("stage1", 20, 0.5)], 1):
+        run = tmp_path / f"run{stage}"
+        run.mkdir()
+        (run / "train_config.json").write_text(json.dumps({"model": start, "dataset_dir": str(tmp_path / "data")}))
+        with (run / "metrics.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, ["step", "samples", "seconds", "giou"])
+            writer.writeheader()
+            writer.writerow({"step": steps // 2, "samples": 2 * steps, "seconds": 60.0, "giou": giou - 0.1})
+            writer.writerow({"step": steps, "samples": 4 * steps, "seconds": 120.0 * stage, "giou": giou})
+        runs.append(run)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "pytorch_model.bin").write_bytes(b"x" * 1000)
+    card = write_card(runs, model).read_text()
+    first, second = card.index("### Stage 1"), card.index("### Stage 2")
+    assert first < second
+    assert "From `init`: 40 optimizer steps, 160 samples, 2 min" in card[first:second]
+    assert "From `stage1`: 20 optimizer steps, 80 samples, 4 min" in card[second:]
+    assert "exported: step 20 (val gIoU 0.500)" in card[second:] and "1 scenes, 1 rooms" in card

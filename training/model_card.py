@@ -1,6 +1,7 @@
-"""``python -m training.model_card RUN_DIR MODEL_DIR [--scores bench/results/model.json]``: write MODEL_CARD.md beside
-an exported model — how it was made (the run's exact config, the commands, data, steps, wall time) and what it
-scores (the run's held-out evaluations and, given ``--scores``, ``bench/bench_model.py``'s results)."""
+"""``python -m training.model_card RUN_DIR [RUN_DIR ...] MODEL_DIR [--scores bench/results/model.json]``: write
+MODEL_CARD.md beside an exported model — how it was made (the commands and the data; per training stage, in order:
+the run's exact config, steps, wall time, held-out evaluations) and what it scores (given ``--scores``,
+``bench/bench_model.py``'s results)."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,9 @@ import yaml
 RECIPE = """lisa-make-rooms data/rooms --scenes 200 --frames 50 --val 200 --seed 0
 lisa-make-tiny runs/lisa-tiny-rooms-init --shape rooms --corpus data/rooms/corpus.txt --untouched
 lisa-train --config training/configs/lisa_tiny_rooms.yaml
-lisa-export runs/lisa-tiny-rooms lisa_core/models/lisa-tiny-rooms --tag best --dtype float16"""
+lisa-export runs/lisa-tiny-rooms runs/lisa-tiny-rooms-stage1 --tag best --dtype float16
+lisa-train --config training/configs/lisa_tiny_rooms_stage2.yaml
+lisa-export runs/lisa-tiny-rooms-stage2 lisa_core/models/lisa-tiny-rooms --tag best --dtype float16"""
 
 
 def run_facts(run: Path) -> dict:
@@ -56,13 +59,32 @@ def scores_section(scores: dict) -> str:
     return "\n".join(lines)
 
 
-def write_card(run_dir, model_dir, scores_path=None) -> Path:
-    run, model = Path(run_dir), Path(model_dir)
+def stage_section(number: int, run: Path) -> str:
     config = json.loads((run / "train_config.json").read_text())
     facts = run_facts(run)
-    scores = json.loads(Path(scores_path).read_text()) if scores_path else None
-    scenes, frames = data_facts(Path(config["dataset_dir"]))
     best = f"step {facts['best'][0]} (val gIoU {facts['best'][1]:.3f})" if facts["best"] else "the last step"
+    return f"""### Stage {number}: `{run}`
+
+From `{config['model']}`: {facts['steps']} optimizer steps, {facts['samples']:,} samples, {facts['wall_s'] / 60:.0f} min
+on 2 CPU cores (fp32); exported: {best}.
+
+Validation gIoU during training: {", ".join(f"{s}: {g:.2f}" for s, g in facts['evals'])}.
+
+The run's config (`train_config.json`):
+
+```yaml
+{yaml.safe_dump(config, sort_keys=False, width=110).strip()}
+```
+"""
+
+
+def write_card(run_dirs, model_dir, scores_path=None) -> Path:
+    """``run_dirs``: the training runs that made the model, in order (each from the one before's export)."""
+    runs, model = [Path(r) for r in run_dirs], Path(model_dir)
+    scores = json.loads(Path(scores_path).read_text()) if scores_path else None
+    dataset_dir = json.loads((runs[0] / "train_config.json").read_text())["dataset_dir"]
+    scenes, frames = data_facts(Path(dataset_dir))
+    stages = "\n".join(stage_section(i, run) for i, run in enumerate(runs, 1))
     card = f"""# lisa-tiny-rooms
 
 A small LISA (the official checkpoint layout: `config.json`, `pytorch_model.bin` in float16, the slow LLaMA
@@ -81,18 +103,10 @@ of every entry point; `make embedded-model` remakes it, replacing this directory
 ```
 
 Data: {scenes} scenes, {frames:,} rooms (seed 0); validation during training: 200 ReasonSeg-layout rooms
-(split seed 1). Training: {facts['steps']} optimizer steps, {facts['samples']:,} samples, {facts['wall_s'] / 60:.0f} min
-on 2 CPU cores (fp32); exported: {best}. Re-running the commands remakes an equivalent model (the data, the init and
-the sample order are seeded; floating-point reductions on another machine may differ in the last bits).
+(split seed 1). Re-running the commands remakes an equivalent model (the data, the init and the sample order are
+seeded; floating-point reductions on another machine may differ in the last bits).
 
-Validation gIoU during training: {", ".join(f"{s}: {g:.2f}" for s, g in facts['evals'])}.
-
-The run's config (`train_config.json`):
-
-```yaml
-{yaml.safe_dump(config, sort_keys=False, width=110).strip()}
-```
-
+{stages}
 ## Scores
 
 {scores_section(scores) if scores else "Not scored yet: run `python bench/bench_model.py`."}
@@ -104,11 +118,11 @@ The run's config (`train_config.json`):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.model_card", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="the training runs that made it, in order")
     parser.add_argument("model_dir")
     parser.add_argument("--scores", help="bench/results/model.json of this model")
     args = parser.parse_args(argv)
-    print(write_card(args.run_dir, args.model_dir, args.scores))
+    print(write_card(args.run_dirs, args.model_dir, args.scores))
 
 
 if __name__ == "__main__":
