@@ -1,14 +1,15 @@
-"""Follow mode on moving-camera sequences (``training.data.sequences``, held-out rooms), the embedded model, CPU:
-the tiered default (``lisa_core.follow.Follower``) against re-decoding the [SEG] prompt on every frame and against
-asking the language model again on every frame (the quality ceiling, and what a user pays today). Per-frame IoU
-with the ground truth while the target is in view (mean, 10th percentile), frames until ``lost`` after it leaves,
-frames until it is re-acquired after it returns, and the compute per frame of each tier. Frames are taken as from
-a 10 Hz camera (the follower's clock), processed as fast as they come.
+"""Follow mode on moving-camera sequences (``training.data.sequences``, held-out rooms, each with a look-alike: a
+second object of the target's class), the embedded model, CPU: the tiered default (``lisa_core.follow.Follower``)
+against re-decoding the [SEG] prompt on every frame and against asking the language model again on every frame (the
+quality ceiling, and what a user pays today). Per-frame IoU with the ground truth while the target is in view (mean,
+10th percentile), frames until ``lost`` after it leaves, frames until it is re-acquired after it returns, frames on
+the look-alike instead of the target, and the compute per frame of each tier. Frames are taken as from a 10 Hz
+camera (the follower's clock), processed as fast as they come.
+Then the cost of each tier at 640×480 on the embedded model and on the mid-size config (``bench_engine.mid_size``:
+random weights taught to answer "Sure, it is [SEG]." on the sample room; asking again on a new frame costs what that
+answer costs), and the tiered schedule's compute per frame there (the tier mix of the sequences above).
 Writes ``bench/results/follow.json``.
-Also the cost of each tier at 640×480 on the embedded model, and the tiered schedule's compute per frame there (the
-tier mix of the sequences above). Not yet on the mid-size config: ``bench_engine.teach_reply`` cannot yet make its
-random weights answer like LISA on these frames (the tiny tokenizer's repeated pieces, e.g. "▁", conflict).
-Usage: python bench/bench_follow.py [--sequences 9] [--frames 80]
+Usage: python bench/bench_follow.py [--sequences 9] [--frames 80] [--no-mid]
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lisa_core import Lisa  # noqa: E402
 from lisa_core.follow import LOST, Follower, FollowConfig, overlap  # noqa: E402
 from training.data.rooms import TARGETS  # noqa: E402
@@ -43,6 +45,7 @@ def ask_again(lisa: Lisa, seq, question: str) -> tuple[list[np.ndarray], list[fl
     return masks, seconds
 
 
+BUDGET = 0.1  # the budgeted mode's FollowConfig.budget_share: a tenth of asking again
 CAMERA_HZ = 10.0  # the sequences' frame rate: the follower's clock advances by one frame period per frame
 
 
@@ -57,9 +60,11 @@ def followed(lisa: Lisa, seq, answer, config: FollowConfig):
 
 
 def scores(masks: list[np.ndarray], seq, lost: list[bool] | None = None) -> dict:
-    truth, visible = seq.truth[1:], seq.visible[1:]
+    truth, visible, other = seq.truth[1:], seq.visible[1:], seq.other[1:]
     ious = [overlap(m, t) for m, t, v in zip(masks, truth, visible) if v]
-    row = {"iou_mean": float(np.mean(ious)), "iou_p10": float(np.percentile(ious, 10))}
+    row = {"iou_mean": float(np.mean(ious)), "iou_p10": float(np.percentile(ious, 10)),
+           # frames whose mask is more on the look-alike than on the target
+           "on_look_alike": sum(overlap(m, o) > max(0.1, overlap(m, t)) for m, t, o in zip(masks, truth, other))}
     if lost is not None:
         gone = visible.index(False)  # the first frame out of view
         back = gone + visible[gone:].index(True)
@@ -78,25 +83,49 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(runs)
 
 
-def tier_costs(lisa: Lisa, seq, question: str, repeats: int) -> dict:
-    """Seconds per frame of each tier on ``seq``'s frames: flow (``carry_mask``), re-decode (a new frame's SAM
-    embedding + the mask decoder), asking again (the whole chat)."""
+def tier_costs(lisa: Lisa, frames: list[np.ndarray], ask, repeats: int) -> dict:
+    """Seconds per frame of each tier on ``frames``: flow (``carry_mask``), re-decode (a new frame's SAM embedding
+    + the mask decoder), asking again (``ask(frame)``: the whole chat). The prompt re-decoded is the first frame's
+    answer's."""
     from lisa_core.follow import _grey, carry_mask
 
-    answer = lisa.chat(seq.frames[0], question, max_new_tokens=24)
-    mask = answer.masks[0] if answer.masks else seq.truth[0]
-    greys = [_grey(f) for f in seq.frames[:repeats + 1]]
-    frames = iter(seq.frames[1:])
-    flow = median_seconds(lambda: carry_mask(greys[0], greys[1], mask), 20)
-    redecode = median_seconds(lambda: lisa.redecode(lisa.image_state(next(frames)), answer.seg_prompts), repeats)
-    ask = median_seconds(lambda: lisa.chat(next(frames), question, max_new_tokens=24), repeats)
-    return {"flow_s": flow, "redecode_s": redecode, "ask_again_s": ask, "masks_in_answer": len(answer.masks)}
+    answer = ask(frames[0])
+    assert answer.masks, f"no [SEG] in the answer on the first frame: {answer.text!r}"
+    greys = [_grey(f) for f in frames[:2]]
+    later = iter(frames[1:])
+    flow = median_seconds(lambda: carry_mask(greys[0], greys[1], answer.masks[0]), 20)
+    redecode = median_seconds(lambda: lisa.redecode(lisa.image_state(next(later)), answer.seg_prompts), repeats)
+    again = median_seconds(lambda: ask(next(later)), repeats)
+    return {"flow_s": flow, "redecode_s": redecode, "ask_again_s": again, "masks_in_answer": len(answer.masks)}
 
 
-def scheduled(costs: dict, mix: dict) -> float:
-    """Compute per frame of the tiered follower with the tier mix ``mix`` (updates per tier; lost frames re-decode)."""
-    total = sum(mix.values())
-    return (mix.get("flow", 0) * costs["flow_s"] + (total - mix.get("flow", 0)) * costs["redecode_s"]) / total
+def mid_config() -> tuple[Lisa, callable]:
+    """The mid-size config and how it is asked: on the sample room (where it was taught its answer), resized to each
+    frame's size — a new frame every time, so nothing is cached; the answer is the taught one."""
+    import tempfile
+
+    import cv2
+    from bench_engine import MID_REPLY, QUESTION, mid_size
+    from lisa_core.output import read_image
+    from lisa_core.tiny import SAMPLE_IMAGE, make_tiny
+
+    tiny = Lisa.from_pretrained(str(make_tiny(Path(tempfile.mkdtemp()) / "tiny")), device="cpu")
+    mid, room = mid_size(tiny), read_image(SAMPLE_IMAGE)
+    tokens = len(mid.tokenizer.encode(MID_REPLY, add_bos=False)) + 1
+
+    def ask(frame):
+        h, w = frame.shape[:2]
+        return mid.chat(cv2.resize(room, (w, h), interpolation=cv2.INTER_AREA), QUESTION, max_new_tokens=tokens)
+
+    return mid, ask
+
+
+def scheduled(costs: dict, redecoded: float, budget_share: float = 0.0) -> tuple[float, float]:
+    """(compute per frame, share of frames re-decoded) of a follower that re-decodes ``redecoded`` of the frames (the
+    flow runs on every one), at most what ``budget_share`` of asking again allows."""
+    if budget_share:
+        redecoded = min(redecoded, budget_share * costs["ask_again_s"] / costs["redecode_s"])
+    return costs["flow_s"] + redecoded * costs["redecode_s"], redecoded
 
 
 def main(argv=None) -> None:
@@ -104,14 +133,16 @@ def main(argv=None) -> None:
     parser.add_argument("--sequences", type=int, default=9)
     parser.add_argument("--frames", type=int, default=80)
     parser.add_argument("--model", default="lisa-tiny-rooms")
+    parser.add_argument("--no-mid", action="store_true", help="skip the mid-size config's costs")
     args = parser.parse_args(argv)
     lisa = Lisa.from_pretrained(args.model, device="cpu")
     targets = sorted(TARGETS)
-    modes = {"tiered": FollowConfig(), "redecode_every_frame": FollowConfig(redecode_s=0.0, min_flow_confidence=2.0)}
+    modes = {"tiered": FollowConfig(), f"tiered_budget_{BUDGET}": FollowConfig(budget_share=BUDGET),
+             "redecode_every_frame": FollowConfig(redecode_s=0.0, min_flow_confidence=2.0)}
     rows, costs = [], collections.defaultdict(list)
     for i in range(args.sequences):
         target = targets[i % len(targets)]
-        seq = make_sequence(room_seed(HELD_OUT, 1000 + i), target, frames=args.frames)
+        seq = make_sequence(room_seed(HELD_OUT, 1000 + i), target, frames=args.frames, look_alike=True)
         question = TARGETS[target][1][0]
         answer = lisa.chat(seq.frames[0], question, max_new_tokens=24)
         if not answer.masks:
@@ -123,6 +154,7 @@ def main(argv=None) -> None:
             row[name] = scores([u.mask for u in updates], seq, [u.tier == LOST for u in updates])
             row[name]["tiers"] = dict(collections.Counter(u.tier for u in updates))
             row[name]["seconds_per_frame"] = statistics.mean(u.seconds for u in updates)
+            row[name]["redecoded"] = sum(bool(np.isfinite(u.score)) for u in updates) / len(updates)
             for u in updates:
                 costs[u.tier].append(u.seconds)
         masks, seconds = ask_again(lisa, seq, question)
@@ -131,13 +163,16 @@ def main(argv=None) -> None:
         rows.append(row)
         print(f"{target}: first {row['first_iou']:.2f}; " + "; ".join(
             f"{m} IoU {row[m]['iou_mean']:.2f} (p10 {row[m]['iou_p10']:.2f}) {1000 * row[m]['seconds_per_frame']:.0f} "
-            f"ms/frame" + (f", lost after {row[m]['frames_to_lost']}, back after {row[m]['frames_to_reacquire']}"
-                           if "frames_to_lost" in row[m] else "") for m in (*modes, "ask_again")), flush=True)
+            f"ms/frame, {row[m]['on_look_alike']} on the look-alike"
+            + (f", lost after {row[m]['frames_to_lost']}, back after {row[m]['frames_to_reacquire']}"
+               if "frames_to_lost" in row[m] else "") for m in (*modes, "ask_again")), flush=True)
     done = [r for r in rows if "error" not in r]
     summary = {m: {"iou_mean": float(np.mean([r[m]["iou_mean"] for r in done])),
                    "iou_p10": float(np.mean([r[m]["iou_p10"] for r in done])),
                    "seconds_per_frame": float(np.mean([r[m]["seconds_per_frame"] for r in done]))}
                for m in (*modes, "ask_again")}
+    for m in (*modes, "ask_again"):
+        summary[m]["sequences_on_look_alike"] = sum(r[m]["on_look_alike"] > 0 for r in done)
     for m in modes:
         summary[m]["lost_reported"] = sum(r[m]["frames_to_lost"] is not None for r in done) / len(done)
         summary[m]["reacquired"] = sum(r[m]["frames_to_reacquire"] is not None for r in done) / len(done)
@@ -145,18 +180,27 @@ def main(argv=None) -> None:
     mix = collections.Counter()
     for r in done:
         mix.update(r["tiered"]["tiers"])
+    for m in modes:
+        summary[m]["redecoded"] = float(np.mean([r[m]["redecoded"] for r in done]))
     seq = make_sequence(room_seed(HELD_OUT, 2000), "sink", frames=16, size=(480, 640))
     question = TARGETS["sink"][1][0]
-    configs = {args.model: (lisa, question)}  # (the mid-size config: not yet — see the docstring)
+    configs = {args.model: (lisa, lambda frame: lisa.chat(frame, question, max_new_tokens=24))}
+    if not args.no_mid:
+        configs["mid"] = mid_config()
     at_640 = {}
-    for name, (model, asked) in configs.items():
-        at_640[name] = tier_costs(model, seq, asked, repeats=5)
-        at_640[name]["tiered_s_per_frame"] = scheduled(at_640[name], mix)
-        at_640[name]["ask_again_over_tiered"] = at_640[name]["ask_again_s"] / at_640[name]["tiered_s_per_frame"]
-        print(f"{name} at 640×480: flow {1000 * at_640[name]['flow_s']:.1f} ms, re-decode "
-              f"{1000 * at_640[name]['redecode_s']:.0f} ms, ask again {1000 * at_640[name]['ask_again_s']:.0f} ms; "
-              f"tiered (the mix above) {1000 * at_640[name]['tiered_s_per_frame']:.0f} ms/frame, "
-              f"{at_640[name]['ask_again_over_tiered']:.1f}× less than asking again", flush=True)
+    for name, (model, ask) in configs.items():
+        at_640[name] = tier_costs(model, seq.frames, ask, repeats=5)
+        c = at_640[name]
+        for mode, budget in (("tiered", 0.0), (f"tiered_budget_{BUDGET}", BUDGET)):
+            # the schedule of the sequences above (the mid-size model's own random masks would schedule nothing
+            # meaningful), capped by what the budget allows at this config's costs
+            c[f"{mode}_s_per_frame"], c[f"{mode}_redecoded"] = scheduled(c, summary["tiered"]["redecoded"], budget)
+            c[f"ask_again_over_{mode}"] = c["ask_again_s"] / c[f"{mode}_s_per_frame"]
+        print(f"{name} at 640×480: flow {1000 * c['flow_s']:.1f} ms, re-decode {1000 * c['redecode_s']:.0f} ms, ask "
+              f"again {1000 * c['ask_again_s']:.0f} ms; tiered {1000 * c['tiered_s_per_frame']:.0f} ms/frame "
+              f"({c['ask_again_over_tiered']:.1f}× less than asking again), with budget {BUDGET} "
+              f"{1000 * c[f'tiered_budget_{BUDGET}_s_per_frame']:.0f} ms/frame "
+              f"({c[f'ask_again_over_tiered_budget_{BUDGET}']:.1f}× less)", flush=True)
     summary["tier_mix"], summary["costs_640x480"] = dict(mix), at_640
     report = {"model": args.model, "frames": args.frames, "sequences": rows, "summary": summary}
     RESULTS.mkdir(exist_ok=True)

@@ -346,6 +346,7 @@ class Session:
         self.weights_version = self.lisa.weights_version
         self.adapter = self.lisa.active_adapter
         self.turns: list[tuple[str, str]] = []
+        self.last_result: LisaResult | None = None  # the last turn's answer (what ``follow`` follows)
         self.cache = None
         self.cached_positions = 0
         self.pending: list[int] = []  # ids produced but not yet fed to the LLM
@@ -401,8 +402,19 @@ class Session:
         self.pending = generated[-1:] + ([eos] if generated[-1] != eos else [])
         reply = lisa.tokenizer.decode(generated)
         self.turns.append((text, reply))
-        return _result(reply, generated, logits, scores, watch, turn=len(self.turns), adapter=self.adapter,
-                       prompts=prompts)
+        self.last_result = _result(reply, generated, logits, scores, watch, turn=len(self.turns),
+                                   adapter=self.adapter, prompts=prompts)
+        return self.last_result
+
+    def follow(self, frames, index: int = 0, config=None):
+        """Follow mask ``index`` of the last answer on later camera frames (an iterable of RGB arrays): one
+        ``lisa_core.follow.FollowUpdate`` per frame, without the language model."""
+        from .follow import FollowConfig, Follower
+
+        if self.last_result is None:
+            raise ValueError("nothing to follow: this session has not answered yet")
+        follower = Follower(self.lisa, self.last_result, self.state.image, index, config or FollowConfig())
+        return (follower.update(frame) for frame in frames)
 
     def _generate(self, fed: list[int], features, budget: int, on_token, watch: Stopwatch):
         """Prefill ``fed`` then decode greedily. Returns (generated ids, ``[len(fed) + len(gen) - 1, H]`` hidden)."""

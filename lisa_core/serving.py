@@ -357,6 +357,17 @@ class PreEncoder:
                     return kept[1]
             return None
 
+    def claim(self, frame: Frame) -> ImageState:
+        """``frame``'s state for other idle-time work (a follow's re-decode): the one kept here, or a new one kept as
+        the frame in progress — so what that work encodes (SAM) is not encoded again for a query, nor the reverse."""
+        state = self.state_for(frame)
+        if state is not None:
+            return state
+        state = self.lisa.image_state(self.decode(frame.raw))
+        with self._lock:
+            self._working = (frame, state)
+        return state
+
     def _drop_stale(self) -> None:
         if self._weights != self.lisa.weights_version:
             self._done = self._working = None

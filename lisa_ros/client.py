@@ -1,10 +1,12 @@
 """``lisa-query``: ask the running LISA node a question (through its ``lisa/converse`` action) and save the answer.
 
     lisa-query "where can I wash my hands?" [--image IMG] [--session ID] [--reset] [--out DIR]
+    lisa-query "where can I wash my hands?" --follow [--duration S] [--rate HZ] [--requery]
 
 With ``--image`` the image travels in the goal; otherwise the node answers on its newest camera frame. Prints the
 reply and the session id (pass it back with ``--session`` for a follow-up), writes mask PNGs, the overlay and
-``reply.json``.
+``reply.json``. With ``--follow`` (the ``lisa/follow`` action) the answer's target is then followed on every new
+camera frame: a live line per update (tier, confidence, area, 3-D point) until ``--duration`` or Ctrl-C.
 """
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from action_msgs.msg import GoalStatus
-from lisa_interfaces.action import Converse
+from lisa_interfaces.action import Converse, Follow
 from rclpy.action import ActionClient
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
@@ -50,6 +53,8 @@ class LisaClient:
         self.node = Node(name, namespace=namespace, context=context)
         self.action = ActionClient(self.node, Converse, "lisa/converse", goal_service_qos_profile=REQUESTS,
                                    result_service_qos_profile=REQUESTS, cancel_service_qos_profile=REQUESTS)
+        self.follow_action = ActionClient(self.node, Follow, "lisa/follow", goal_service_qos_profile=REQUESTS,
+                                          result_service_qos_profile=REQUESTS, cancel_service_qos_profile=REQUESTS)
         self.camera = self.node.create_publisher(image_type, image_topic, qos_profile_sensor_data)
         self.overlays: dict[tuple[int, int], np.ndarray] = {}
         self.node.create_subscription(Image, "lisa/overlay", self._on_overlay, 5)
@@ -100,6 +105,32 @@ class LisaClient:
         if response.status == GoalStatus.STATUS_UNKNOWN:
             raise SessionClosed("the node no longer knows this turn: it restarted while answering")
         return response.result.result  # GetResult response → Converse.Result → SegmentationResult
+
+    def start_follow(self, text: str = "", session_id: str = "", mask_index: int = 0, rate_hz: float = 0.0,
+                     duration_s: float = 0.0, requery: bool = False, on_feedback=None, timeout: float = 30.0):
+        """Send a ``lisa/follow`` goal; its accepted goal handle (``get_result_async()``, ``cancel_goal_async()``).
+        ``on_feedback(Follow.Feedback)`` is called on every update."""
+        goal = Follow.Goal(text=text, session_id=session_id, mask_index=mask_index, rate_hz=float(rate_hz),
+                           duration_s=float(duration_s), requery=requery)
+        sent = self.follow_action.send_goal_async(
+            goal, feedback_callback=(lambda m: on_feedback(m.feedback)) if on_feedback else None)
+        self.wait_on_node([sent], time.monotonic() + timeout, "the follow goal to be accepted")
+        handle = sent.result()
+        if not handle.accepted:
+            raise SessionClosed("the node rejected the follow goal")
+        return handle
+
+    def follow(self, text: str = "", session_id: str = "", on_feedback=None, timeout: float = 300.0, **options):
+        """Run a follow to its end (``duration_s`` or Ctrl-C, which cancels it): its ``Follow.Result``."""
+        handle = self.start_follow(text, session_id, on_feedback=on_feedback, **options)
+        result = handle.get_result_async()
+        try:
+            self.wait_on_node([result], time.monotonic() + timeout, "the follow to end")
+        except KeyboardInterrupt:
+            cancelled = handle.cancel_goal_async()
+            self.wait_on_node([cancelled], time.monotonic() + 10, "the follow to be cancelled")
+            self.wait_on_node([result], time.monotonic() + 10, "the cancelled follow's result")
+        return result.result().result
 
     def wait_on_node(self, futures, until: float, what: str, final: float | None = None) -> None:
         """Spin until one of ``futures`` is done or ``until`` (monotonic) passes; ``TimeoutError`` past ``final``
@@ -180,6 +211,32 @@ def print_answer(result, out: Path) -> None:
         print(f"mask {i}: {where}")
 
 
+def follow_line(f) -> str:
+    """One update of a follow, as ``lisa-query --follow`` prints it."""
+    stamp = f"{f.header.stamp.sec}.{f.header.stamp.nanosec:09d}"
+    where = ""
+    if f.target.valid:
+        where = f" at ({f.target.point.x:.3f}, {f.target.point.y:.3f}, {f.target.point.z:.3f}) m"
+    elif f.target.reason not in (NO_DEPTH, "target lost"):
+        where = f" (no 3-D point: {f.target.reason})"
+    return (f"#{f.update} {stamp} {f.tier:<8} confidence {f.confidence:.2f} {f.mask_area:6d} px"
+            f"{where} {f.compute_s * 1000:.0f} ms")
+
+
+def run_follow(client: LisaClient, args) -> int:
+    def on_feedback(f):
+        print(follow_line(f), flush=True)
+
+    timeout = args.duration + args.timeout if args.duration else float("inf")  # no duration: until Ctrl-C
+    result = client.follow(args.text, args.session, on_feedback, timeout, duration_s=args.duration,
+                           rate_hz=args.rate, requery=args.requery)
+    print(f"follow ended: {result.reason} ({result.updates} updates, {result.lost_updates} lost, "
+          f"{result.requeries} re-queries, {result.frames_skipped} frames skipped)")
+    if result.answer.reply:
+        print(f"reply: {result.answer.reply}  (session {result.answer.session_id})")
+    return 0 if result.reason in ("cancelled", "duration reached") else 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="lisa-query", description=__doc__.split("\n\n")[0])
     parser.add_argument("text", help="the question")
@@ -190,12 +247,24 @@ def main(argv=None) -> int:
     parser.add_argument("--namespace", default="", help="the node's namespace")
     parser.add_argument("--out", default="lisa_reply", help="output directory (default ./lisa_reply)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the reply")
+    parser.add_argument("--follow", action="store_true", help="then follow the answer's target on every new camera "
+                        "frame (the lisa/follow action), a line per update; Ctrl-C stops it")
+    parser.add_argument("--duration", type=float, default=0.0, help="with --follow: stop after this many seconds "
+                        "(0: until Ctrl-C)")
+    parser.add_argument("--rate", type=float, default=0.0, help="with --follow: most updates per second (0: the "
+                        "node's follow_rate_hz)")
+    parser.add_argument("--requery", action="store_true", help="with --follow: ask again when the target is lost")
     args, ros_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     image = read_image(args.image) if args.image else None
-    rclpy.init(args=["lisa-query", *ros_args])
+    # Ctrl-C as a KeyboardInterrupt (not rclpy's shutdown of the context): a follow then cancels its goal
+    rclpy.init(args=["lisa-query", *ros_args], signal_handler_options=SignalHandlerOptions.NO)
     client = LisaClient(args.namespace)
     try:
         client.wait_for_node(min(args.timeout, 30.0))
+        if args.follow:
+            if args.image:
+                parser.error("--follow follows on the node's camera frames: leave out --image")
+            return run_follow(client, args)
         result = client.converse(args.text, args.session, image, args.reset, args.max_new_tokens, args.timeout,
                                  on_feedback=lambda f: print(f"\r[{f.stage}] {f.partial_text[-70:]}", end="",
                                                              file=sys.stderr, flush=True))
@@ -207,6 +276,9 @@ def main(argv=None) -> int:
     except (TimeoutError, SessionClosed) as err:
         print(f"lisa-query: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("lisa-query: interrupted", file=sys.stderr)
+        return 130
     finally:
         client.close()
         rclpy.try_shutdown()

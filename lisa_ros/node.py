@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import gc
+import itertools
 import signal
 import sys
 import queue
@@ -18,7 +19,7 @@ import time
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from lisa_interfaces.action import Converse
+from lisa_interfaces.action import Converse, Follow
 from lisa_interfaces.msg import Latency, SegmentationResult, SessionInfo
 from lisa_interfaces.srv import ListSessions, ResetSession
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
@@ -37,6 +38,8 @@ from visualization_msgs.msg import MarkerArray
 
 from lisa_core.adapters import AdapterError, read_adapter
 from lisa_core.engine import LisaResult
+from lisa_core.follow import (ANSWER, DURATION_REACHED, FollowConfig, FollowOptions, Follower, FollowRun,
+                              FollowUpdate, ask_again)
 from lisa_core.geometry import DepthError, Pinhole, Target3D, centroid, mask_points, mask_target
 from lisa_core.output import overlay
 from lisa_core.serving import (Cancelled, DepthFrames, InferenceQueue, LatestFrame, PreEncoder, ServingError,
@@ -74,6 +77,9 @@ class LisaNode(LifecycleNode):
         self.frames_refused = 0  # camera frames over max_image_pixels / max_compressed_bytes
         self.queries_lost = 0  # queries DDS dropped unread (message-lost events)
         self._entities = []
+        self.follows: dict[int, FollowRun] = {}  # running lisa/follow goals by id
+        self._follow_ids = itertools.count(1)
+        self.follow_slots = 0  # follows running or starting (bounded by max_follows)
         self.adapter_path = ""  # the adapter the model runs with now ("": the base model); the parameter may be ahead
         self.adapter_error = ""  # why the adapter last asked for is not the one running
         self._adapter_request = 0  # counts accepted changes of the parameter: only the latest one is switched to
@@ -125,8 +131,13 @@ class LisaNode(LifecycleNode):
             cancel_callback=lambda handle: CancelResponse.ACCEPT, goal_service_qos_profile=REQUESTS,
             result_service_qos_profile=REQUESTS, cancel_service_qos_profile=REQUESTS,
             result_timeout=ACTION_RESULT_KEPT_S)
+        self.follow_server = ActionServer(
+            self, Follow, "lisa/follow", self.execute_follow, goal_callback=lambda goal: GoalResponse.ACCEPT,
+            cancel_callback=lambda handle: CancelResponse.ACCEPT, goal_service_qos_profile=REQUESTS,
+            result_service_qos_profile=REQUESTS, cancel_service_qos_profile=REQUESTS,
+            result_timeout=ACTION_RESULT_KEPT_S)
         self.get_logger().info(f"configured: camera '{self.param('image_topic')}' ({image_type.__name__}), "
-                               f"queries on '{self.param('query_topic')}', action 'lisa/converse'")
+                               f"queries on '{self.param('query_topic')}', actions 'lisa/converse', 'lisa/follow'")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
@@ -179,6 +190,8 @@ class LisaNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def release_model(self, reason: str) -> None:
+        for run in list(self.follows.values()):
+            run.stop(reason)
         self.lisa, self.load_error, self.adapter_path, self.preencoder = None, reason, "", None
         if self.sessions is not None:
             self.sessions.clear(reason)
@@ -193,9 +206,10 @@ class LisaNode(LifecycleNode):
         for entity in self._entities:
             entity.destroy()
         self._entities = []
-        if getattr(self, "action_server", None) is not None:
-            self.action_server.destroy()
-            self.action_server = None
+        for name in ("action_server", "follow_server"):
+            if getattr(self, name, None) is not None:
+                getattr(self, name).destroy()
+                setattr(self, name, None)
         if self.queue is not None:
             self.queue.shutdown()
 
@@ -279,6 +293,8 @@ class LisaNode(LifecycleNode):
         self.frames.put(frame, header)
         if self.preencoder is not None:
             self.preencoder.poke()
+        for run in list(self.follows.values()):
+            run.poke()
         age_ms = (time.time_ns() - (header.stamp.sec * 10**9 + header.stamp.nanosec)) / 1e6  # meaningful on one clock
         self.frame_age_max_ms = max(self.frame_age_max_ms, age_ms)
 
@@ -427,6 +443,172 @@ class LisaNode(LifecycleNode):
             goal_handle.abort()
         return Converse.Result(result=msg)
 
+    # ---------------------------------------------------------------- follows (action)
+    async def execute_follow(self, goal_handle):
+        """A coroutine, like ``execute_turn``: the answer to follow is made (or taken from the session) on the
+        inference thread, then a ``FollowRun`` sends an update per camera frame until it ends."""
+        received = time.perf_counter()
+        goal = goal_handle.request
+        if self.follow_slots >= self.param("max_follows"):
+            return self.end_follow(goal_handle, f"busy: {self.follow_slots} follows running or starting "
+                                                f"(max_follows {self.param('max_follows')})", goal.text)
+        self.follow_slots += 1
+        try:
+            return await self.start_follow(goal_handle, goal, received)
+        finally:
+            self.follow_slots -= 1
+
+    async def start_follow(self, goal_handle, goal, received: float):
+        done, begun = RosFuture(), {}
+
+        def begin():
+            lisa = self.lisa  # this follow's model
+            try:
+                begun.update(self.answer_to_follow(lisa, goal, received))
+            except (ServingError, ImageDecodeError, ValueError) as err:
+                begun["error"] = str(err)
+            except Exception as err:
+                self.get_logger().error(f"follow failed to start: {err!r}")
+                begun["error"] = f"internal error: {err}"
+            finally:
+                self.complete(done, None)
+
+        def refuse(err: ServingError):
+            begun["error"] = str(err)
+            done.set_result(None)
+
+        try:
+            self.queue.submit(begin, source=("session", goal.session_id), refused=refuse)
+        except ServingError as err:
+            refuse(err)
+        await done
+        if "error" in begun:
+            return self.end_follow(goal_handle, begun["error"], goal.text)
+        return await self.run_follow(goal_handle, goal, **begun)
+
+    def answer_to_follow(self, lisa, goal, received: float) -> dict:
+        """On the inference thread: the goal's question answered (published like any answer), or its session's last
+        answer → what ``run_follow`` needs."""
+        started = time.perf_counter()
+        if goal.text:
+            self.check_request(goal.text)
+            request = TurnRequest(goal.text, goal.session_id, max_new_tokens=self.param("max_new_tokens"))
+            entry, answer = run_turn(lisa, self.sessions, request, lambda: self.latest_frame(lisa))
+            question = goal.text
+        else:
+            if lisa is None:
+                raise ServingError(self.load_error)
+            if not goal.session_id:
+                raise ServingError("nothing to follow: give a question (text) or the session_id of an answer")
+            entry = self.sessions.get(goal.session_id)
+            answer = entry.session.last_result
+            if answer is None:
+                raise ServingError(f"nothing to follow: session '{goal.session_id}' has not answered yet")
+            question = entry.session.turns[-1][0]
+        image = entry.session.state.image
+        msg = self.result_msg(question, entry.frame_meta, answer, image, entry.session_id, started - received,
+                              received)
+        if goal.text:
+            self.publish_outputs(msg, image, answer, self.locate(entry.frame_meta, answer.masks, entry))
+        if not answer.masks:
+            raise ServingError(f"nothing to follow: the answer has no mask ('{answer.text}')")
+        follower = Follower(lisa, answer, image, goal.mask_index,
+                            FollowConfig(redecode_s=self.param("follow_redecode_s"),
+                                         budget_share=self.param("follow_budget_share")))
+        return {"entry": entry, "question": question, "msg": msg, "follower": follower}
+
+    async def run_follow(self, goal_handle, goal, entry, question: str, msg, follower: Follower):
+        follow_id, ended, sent = next(self._follow_ids), RosFuture(), itertools.count(1)
+        namespace = f"lisa_follow_{follow_id}"
+        latest = {"msg": msg}
+
+        def on_update(update: FollowUpdate, frame) -> None:  # on the inference thread
+            if goal_handle.is_cancel_requested:
+                run.stop("cancelled")
+                return
+            self.publish_follow_update(goal_handle, update, frame.meta, entry.session_id, next(sent), question,
+                                       namespace)
+
+        def requery(frame, state):  # on the inference thread, as idle-time work
+            lisa = follower.lisa
+            if self.lisa is not lisa:
+                raise ServingError(self.load_error or "the model changed")
+            again = ask_again(entry.session, question, state, self.param("max_new_tokens"),
+                              should_yield=lambda: self.queue.depth > 0)
+            entry.session, entry.frame_meta, entry.depth = again, frame.meta, None
+            answer = again.last_result
+            latest["msg"] = self.result_msg(question, frame.meta, answer, state.image, entry.session_id, 0.0,
+                                            time.perf_counter())
+            self.publish_outputs(latest["msg"], state.image, answer, self.locate(frame.meta, answer.masks, entry))
+            return answer
+
+        rate = goal.rate_hz if goal.rate_hz > 0 else self.param("follow_rate_hz")
+        wants_requery = goal.requery or self.param("follow_requery")
+        options = FollowOptions(rate, max(0.0, goal.duration_s),
+                                self.param("follow_requery_s") if wants_requery else None)
+        run = FollowRun(follower, self.queue, self.frames, self.follow_frame_state(follower.lisa), on_update,
+                        lambda reason: self.complete(ended, reason), options, requery)
+        self.follows[follow_id] = run
+        answer = follower_answer(follower, msg)
+        self.publish_follow_update(goal_handle, answer, entry.frame_meta, entry.session_id, next(sent), question,
+                                   namespace)
+        watchdog = self.create_timer(0.05, lambda: run.stop("cancelled") if goal_handle.is_cancel_requested
+                                     else run.check_end())
+        try:
+            reason = await ended
+        finally:
+            self.destroy_timer(watchdog)
+            self.follows.pop(follow_id, None)
+            self.markers_pub.publish(spatial.delete_markers(namespace))
+        self.get_logger().info(f"follow {follow_id} of '{question[:60]}' ended: {reason} ({run.updates} updates)")
+        return self.end_follow(goal_handle, reason, question, latest["msg"], run)
+
+    def follow_frame_state(self, lisa):
+        """Frame → its ``ImageState``, shared with the pre-encoder (what one encodes, the other reuses)."""
+        preencoder = self.preencoder
+        if preencoder is not None and preencoder.lisa is lisa:
+            return preencoder.claim
+        return lambda frame: lisa.image_state(self.decode_image(frame.raw))
+
+    def publish_follow_update(self, goal_handle, update: FollowUpdate, header, session_id: str, number: int,
+                              question: str, namespace: str) -> None:
+        """Feedback, ``lisa/mask``, ``lisa/target``, ``lisa/markers`` (and the overlay when subscribed), all stamped
+        with the source frame's header."""
+        if update.lost:
+            targets = [spatial.target_msg(Target3D.invalid("target lost"), header)]
+            self.markers_pub.publish(spatial.delete_markers(namespace))
+        else:
+            targets, cloud = self.locate(header, [update.mask])
+            if targets[0].valid:
+                self.target_pub.publish(spatial.target_point(targets[0]))
+                self.markers_pub.publish(spatial.markers(targets, question[:40], namespace, replace_all=False))
+            if cloud is not None:
+                self.cloud_pub.publish(cloud)
+        goal_handle.publish_feedback(Follow.Feedback(
+            header=header, session_id=session_id, update=number, tier=update.tier,
+            confidence=float(update.confidence), mask_area=update.area, target=targets[0],
+            compute_s=float(update.seconds)))
+        self.mask_pub.publish(numpy_to_image_msg(update.mask.astype(np.uint8) * 255, header, Image))
+        if self.param("publish_overlay") and self.overlay_pub.get_subscription_count() > 0 and not update.lost:
+            frame = self.frames.newest()
+            if frame is not None and frame.meta is header:
+                image = self.decode_image(frame.raw)
+                self.overlay_pub.publish(numpy_to_image_msg(overlay(image, [update.mask]), header, Image))
+
+    def end_follow(self, goal_handle, reason: str, question: str, msg=None, run: FollowRun | None = None):
+        result = Follow.Result(reason=reason, answer=msg or SegmentationResult(query=question, error=reason))
+        if run is not None:
+            result.updates, result.lost_updates = run.updates + 1, run.lost_updates
+            result.requeries, result.frames_skipped = run.requeries, run.frames_skipped
+        if reason == "cancelled":
+            goal_handle.canceled()
+        elif reason == DURATION_REACHED:
+            goal_handle.succeed()
+        else:
+            self.get_logger().warning(f"follow ended: {reason}")
+            goal_handle.abort()
+        return result
+
     def complete(self, future: RosFuture, value) -> None:
         """Resolve ``future`` on the executor's thread (called from the inference thread)."""
         self.call_on_executor(lambda: future.set_result(value))
@@ -551,6 +733,8 @@ class LisaNode(LifecycleNode):
             "frame_age_max_ms": f"{self.frame_age_max_ms:.1f}",
             "depth": self.depth_status, "depth_frames_received": str(self.depth_frames.received),
             "camera_info": "received" if self.camera_info is not None else "none",
+            "follows": f"{len(self.follows)} (max_follows {self.param('max_follows')})",
+            **{f"follow {i}": describe_follow(run) for i, run in list(self.follows.items())},
             "preencoded": (f"{self.preencoder.encoded} encoded, {self.preencoder.yielded} yielded"
                            if self.preencoder is not None else "off"),
         }
@@ -561,6 +745,18 @@ class LisaNode(LifecycleNode):
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
         self.diag_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
                                               status=[status]))
+
+
+def follower_answer(follower: Follower, msg: SegmentationResult) -> FollowUpdate:
+    """The followed answer as the follow's first update."""
+    return FollowUpdate(follower.mask, ANSWER, 1.0, float("nan"), msg.latency.total_s)
+
+
+def describe_follow(run: FollowRun) -> str:
+    last = run.last
+    state = f"{last.tier} (confidence {last.confidence:.2f}, {last.area} px)" if last else "starting"
+    return (f"{state}; {run.updates} updates, {run.lost_updates} lost, {run.requeries} re-queries, "
+            f"{run.frames_skipped} frames skipped" + (f"; re-query: {run.requery_error}" if run.requery_error else ""))
 
 
 def stamp_s(header) -> float:

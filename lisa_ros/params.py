@@ -56,6 +56,16 @@ PARAMETERS = (
           "LLM; yields at once to a query"),
     Param("preencode_max_age_s", 2.0, "a query answers on the last pre-encoded frame while it is at most this old "
           "(the answer's header says which frame), else on the newest; 0: any age"),
+    Param("max_follows", 2, "follows (lisa/follow goals) running at once; more are refused with the reason"),
+    Param("follow_rate_hz", 15.0, "most updates per second of a follow whose goal gives no rate (0: every camera "
+          "frame); frames that come while an update runs are dropped, never queued"),
+    Param("follow_redecode_s", 1.0, "a follow re-decodes its stored [SEG] prompt with SAM at least this often "
+          "(more often when the optical flow is unsure or the target is at the frame's edge)"),
+    Param("follow_budget_share", 0.0, "a follow's compute per frame is held at most this share of what its answer "
+          "cost (asking again on every frame): SAM re-decodes wait, the optical flow carries on; 0: no limit"),
+    Param("follow_requery", False, "when a followed target is lost, ask its question again on the newest frame (in "
+          "the same session) and follow the new answer; a goal can also ask for this"),
+    Param("follow_requery_s", 2.0, "while lost, a follow asks its question again at most this often"),
     Param("cpu_threads", 0, "torch CPU threads for inference (0: torch's default); fewer leaves cores to ROS"),
     Param("autostart", True, "configure and activate on start (loads the model); false: wait for lifecycle calls"),
     Param("diagnostics_period_s", 1.0, "period of /diagnostics"),

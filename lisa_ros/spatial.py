@@ -37,10 +37,10 @@ def colour(index: int, alpha: float) -> ColorRGBA:
     return ColorRGBA(r=float(r), g=float(g), b=float(b), a=alpha)
 
 
-def markers(targets: list[Target3DMsg], query: str, namespace: str = "lisa") -> MarkerArray:
-    """A DELETEALL (the previous answer's markers go), then per valid target a box over its extent and a label
-    with what was asked above it."""
-    out = [Marker(action=Marker.DELETEALL, ns=namespace)]
+def markers(targets: list[Target3DMsg], query: str, namespace: str = "lisa", replace_all: bool = True) -> MarkerArray:
+    """A DELETEALL (the previous answer's markers go; ``replace_all`` False: none, the same ids are replaced), then
+    per valid target a box over its extent and a label with what was asked above it."""
+    out = [Marker(action=Marker.DELETEALL, ns=namespace)] if replace_all else []
     for i, t in enumerate(targets):
         if not t.valid:
             continue
@@ -58,6 +58,11 @@ def markers(targets: list[Target3DMsg], query: str, namespace: str = "lisa") -> 
         label.pose.orientation.w = 1.0
         out += [box, label]
     return MarkerArray(markers=out)
+
+
+def delete_markers(namespace: str, targets: int = 1) -> MarkerArray:
+    """DELETE for the box and label ids ``markers`` gives ``targets`` targets in ``namespace`` (only those)."""
+    return MarkerArray(markers=[Marker(ns=namespace, id=i, action=Marker.DELETE) for i in range(2 * targets)])
 
 
 def cloud(points: np.ndarray, header: Header) -> PointCloud2:

@@ -85,3 +85,111 @@ def test_sequences_leave_the_target_and_come_back():
     away = [v for v, phase in zip(visible, seq.phases) if phase == "away"]
     assert not all(away) and not away[-1], "the target must leave the view while the camera is away"
     assert seq.truth[-1].sum() > seq.truth[0].sum(), "the approach makes it larger"
+
+
+def test_look_alike_sequences_hold_a_second_object_of_the_class():
+    seq = make_sequence(room_seed(13, 100), "sink", frames=40, look_alike=True)
+    assert any(o.sum() >= 60 for o in seq.other), "the look-alike is never in view"
+    assert not any((t & o).any() for t, o in zip(seq.truth, seq.other)), "the target and its look-alike overlap"
+    assert not any(o.any() for o in make_sequence(room_seed(13, 100), "sink", frames=40).other)
+
+
+class ScriptedSam:
+    """A model whose SAM re-decodes give scripted masks (one per call), to test the follower's choices; everything
+    else of a ``Lisa`` the follower touches."""
+
+    weights_version = 0
+
+    def __init__(self, masks):
+        self.masks, self.calls = list(masks), 0
+
+    def image_state(self, image):
+        return image
+
+    def redecode(self, state, prompts):
+        import torch
+
+        mask = self.masks[self.calls]
+        self.calls += 1
+        return torch.from_numpy(np.where(mask, 1.0, -1.0)[None].astype(np.float32)), torch.tensor([0.5])
+
+
+def scripted_follow(sam_masks, steps, box, image, redecode_s=1e9):
+    """Follow ``box`` on the same (textured, still) ``image`` for ``steps`` frames; SAM answers ``sam_masks``."""
+    import torch
+    from types import SimpleNamespace
+
+    sam = ScriptedSam(sam_masks)
+    answer = SimpleNamespace(masks=[box], seg_prompts=torch.zeros(1, 256), timings={})  # no cost known: no budget
+    now = [0.0]
+    follower = Follower(sam, answer, image, config=FollowConfig(redecode_s=redecode_s), clock=lambda: now[0])
+    updates = []
+    for k in range(1, steps + 1):
+        now[0] = k / 10
+        updates.append(follower.update(image))
+    return updates, sam
+
+
+def rgb_texture():
+    return np.dstack([textured(seed=s) for s in range(3)])
+
+
+def test_someone_in_front_keeps_both_sides_and_re_decodes_until_the_target_is_whole_again():
+    image = rgb_texture()
+    box = np.zeros(image.shape[:2], bool)
+    box[60:130, 60:180] = True
+    split = box.copy()
+    split[:, 100:140] = False  # a third of it hidden in the middle: two parts, neither touching the other
+    updates, sam = scripted_follow([split, split, box], 4, box, image, redecode_s=0.25)
+    # frames 1–2: flow (within redecode_s); 3: the periodic re-decode sees both parts; 4: again, as it saw a part;
+    # 5: whole again → the flow takes over
+    tiers = [u.tier for u in updates]
+    assert tiers[:2] == ["flow", "flow"] and tiers[2:] == ["redecode", "redecode"]
+    assert np.array_equal(updates[2].mask, split) and sam.calls == 2
+    more, _ = scripted_follow([split, box], 5, box, image, redecode_s=0.25)
+    assert [u.tier for u in more] == ["flow", "flow", "redecode", "redecode", "flow"]
+    assert np.array_equal(more[3].mask, box)
+
+
+def test_lost_after_three_disagreeing_re_decodes_then_re_acquired_on_the_first_that_looks_like_it():
+    image = rgb_texture()
+    box = np.zeros(image.shape[:2], bool)
+    box[60:130, 60:180] = True
+    empty = np.zeros_like(box)
+    tiny_speck = np.zeros_like(box)
+    tiny_speck[5:9, 5:9] = True  # 16 px, far smaller than the target: not it
+    updates, sam = scripted_follow([empty, empty, empty, tiny_speck, box], 5, box, image, redecode_s=0.0)
+    # SAM disagrees twice: the flow's mask with half its trust; the third time: lost; a speck is not the target
+    assert [u.tier for u in updates] == ["flow", "flow", "lost", "lost", "redecode"]
+    assert updates[0].confidence <= 0.5 and np.array_equal(updates[1].mask, box)
+    assert updates[2].area == 0 and np.array_equal(updates[4].mask, box) and sam.calls == 5
+
+
+def test_a_budget_holds_re_decodes_to_its_share_of_what_the_answer_cost(monkeypatch):
+    """SAM wanted on every frame (``redecode_s`` 0), each re-decode costing half the answer: with a budget of an
+    eighth, the saved burst (three re-decodes) goes first, then one every fourth frame (a quarter re-decode saved per
+    frame); the flow carries the frames between."""
+    import torch
+    from types import SimpleNamespace
+
+    import lisa_core.follow as follow
+
+    clock = [0.0]  # seconds of compute: only the re-decodes cost any (powers of two: exact sums)
+    monkeypatch.setattr(follow.time, "perf_counter", lambda: clock[0])
+    image = rgb_texture()
+    box = np.zeros(image.shape[:2], bool)
+    box[60:130, 60:180] = True
+    sam = ScriptedSam([box] * 100)
+    decode = sam.redecode
+
+    def costly(state, prompts):
+        clock[0] += 1 / 16
+        return decode(state, prompts)
+
+    sam.redecode = costly
+    answer = SimpleNamespace(masks=[box], seg_prompts=torch.zeros(1, 256), timings={"total": 1 / 8})
+    follower = Follower(sam, answer, image, config=FollowConfig(redecode_s=0.0, budget_share=1 / 8),
+                        clock=lambda: clock[0])
+    tiers = [follower.update(image).tier for _ in range(23)]
+    assert [k for k, t in enumerate(tiers, 1) if t == "redecode"] == [1, 2, 3, 5, 9, 13, 17, 21], tiers
+    assert set(tiers) == {"redecode", "flow"} and sam.calls == 8

@@ -737,3 +737,148 @@ def test_three_d_target_of_a_box_at_a_known_distance(embedded, depth_io):
     assert "depth encoding 'rgb8'" in spoiled.targets[0].reason
     late = client.converse("Where can I wash my hands?", image=stamped_image(client, room, 3010), timeout=60)
     assert "close enough in time" in late.targets[0].reason and process.poll() is None
+
+
+# --- follow mode (lisa/follow) on held-out moving-camera sequences, the embedded node ----------------------------
+FOLLOWED = ("bookshelf", 1001)  # the held-out sequence followed (bench_follow's second: tiered mean IoU 0.68)
+CAMERA_HZ = 10.0
+
+
+@pytest.fixture(scope="module")
+def follow_io(embedded):
+    client, _ = embedded
+    io = {"masks": {}}
+    client.node.create_subscription(Image, "lisa/mask", lambda m: io["masks"].__setitem__(m.header.stamp.sec, m), 50)
+    return io
+
+
+def sequence(target, index, frames=80):
+    from training.data.sequences import make_sequence
+    from training.data.synthetic import room_seed
+
+    return make_sequence(room_seed(HELD_OUT, index), target, frames=frames)
+
+
+def show_first_frame(client, seq, stamp_sec):
+    """Publish frame 0 until the node counts it (best-effort camera QoS), so that a question is asked on it."""
+    msg = image_msg(client, seq.frames[0], stamp_sec)
+    seen = int(wait_for_diagnostics(client, lambda v: True, node_name="/embedded/lisa")["frames_received"])
+    deadline = time.monotonic() + 20
+    while int(wait_for_diagnostics(client, lambda v: True, node_name="/embedded/lisa")["frames_received"]) == seen:
+        assert time.monotonic() < deadline, "the node never received the first frame"
+        client.camera.publish(msg)
+
+
+def play(client, seq, base, frames, hz=CAMERA_HZ):
+    """Publish ``frames`` (indices into the sequence) as a camera at ``hz``, stamped ``base + index``."""
+    for k in frames:
+        client.camera.publish(image_msg(client, seq.frames[k % len(seq.frames)], base + k))
+        until = time.monotonic() + 1 / hz
+        while time.monotonic() < until:
+            client.executor.spin_once(timeout_sec=max(0.0, until - time.monotonic()))
+
+
+def feedback_iou(io, seq, base, f) -> float:
+    """IoU of the update's lisa/mask with the target: its visible part, or (while someone walks past it) the whole
+    of it behind them — the flow carries the whole object, which is what a robot reaching for it wants."""
+    from lisa_core.follow import overlap
+    from lisa_ros.images import raw_image_to_rgb
+
+    k = f.header.stamp.sec - base
+    mask = raw_image_to_rgb(io["masks"][f.header.stamp.sec])[..., 0] > 0
+    return max(overlap(mask, seq.truth[k]), overlap(mask, seq.whole[k]))
+
+
+def test_follow_keeps_the_target_says_lost_when_it_leaves_and_stops_on_cancel(embedded, follow_io):
+    client, process = embedded
+    target, index = FOLLOWED
+    seq, base = sequence(target, index), 5000
+    from training.data.rooms import TARGETS
+
+    show_first_frame(client, seq, base)
+    updates = []
+    handle = client.start_follow(TARGETS[target][1][0], on_feedback=updates.append)
+    client.spin_until(lambda: updates, 60, "the answer (the follow's first update)")
+    assert updates[0].tier == "answer" and updates[0].header.stamp.sec == base and updates[0].session_id
+    play(client, seq, base, range(1, len(seq.frames)))
+    client.spin_until(lambda: updates[-1].header.stamp.sec == base + len(seq.frames) - 1, 5, "the last update")
+    cancelled = handle.cancel_goal_async()
+    client.spin_until(cancelled.done, 10, "the cancel")
+    result = handle.get_result_async()
+    client.spin_until(result.done, 10, "the result")
+    assert result.result().status == GoalStatus.STATUS_CANCELED and result.result().result.reason == "cancelled"
+    count = len(updates)
+    play(client, seq, base + 1000, range(5))
+    assert len(updates) == count, "updates after the cancel"
+
+    client.spin_until(lambda: all(f.header.stamp.sec in follow_io["masks"] for f in updates), 5, "every mask")
+    frames = [f.header.stamp.sec - base for f in updates]
+    assert frames == sorted(set(frames)), "each frame at most once, in order"
+    full = max(seq.truth[k].sum() for k in range(len(seq.frames)) if seq.phases[k] == "on")
+    ious = {f.header.stamp.sec - base: feedback_iou(follow_io, seq, base, f) for f in updates}
+    tiers = {f.header.stamp.sec - base: f.tier for f in updates}
+    in_view = [k for k in ious if seq.truth[k].sum() >= full / 2]
+    assert len(in_view) >= 30 and min(ious[k] for k in in_view) >= 0.5, {k: (tiers[k], round(ious[k], 2)) for k in in_view if ious[k] < 0.6}
+    gone = seq.visible.index(False)
+    back = gone + seq.visible[gone:].index(True)
+    lost_at = next(k for k in sorted(tiers) if k >= gone and tiers[k] == "lost")
+    assert lost_at - gone <= CAMERA_HZ / 2, f"lost reported {lost_at - gone} frames after the target left"
+    assert all(tiers[k] == "lost" for k in tiers if gone + 5 <= k < back)
+    assert any(tiers[k] != "lost" for k in tiers if k >= back), "not re-acquired after it came back"
+    assert process.poll() is None
+
+
+def test_follows_are_bounded_a_query_meanwhile_is_answered_and_each_ends_with_its_reason(embedded, follow_io,
+                                                                                         plant_adapter):
+    client, process = embedded
+    seq, base = sequence("sink", 1005), 7000  # bench_follow's sink: followed cleanly through the whole sequence
+    question = "Where can I wash my hands?"
+    show_first_frame(client, seq, base)
+    first = client.converse(question, image=image_msg(client, seq.frames[0], base), timeout=60)
+    assert first.error == "" and first.masks, first.reply
+    by_session, timed = [], []
+    follow = client.start_follow(session_id=first.session_id, on_feedback=by_session.append)
+    brief = client.start_follow(question, duration_s=2.0, on_feedback=timed.append)
+    client.spin_until(lambda: by_session and timed, 60, "both follows' first updates")
+    assert by_session[0].tier == "answer" and by_session[0].session_id == first.session_id
+    refused = client.start_follow(session_id=first.session_id).get_result_async()
+    client.spin_until(refused.done, 10, "the third follow's refusal")
+    assert refused.result().status == GoalStatus.STATUS_ABORTED
+    assert refused.result().result.reason.startswith("busy: 2 follows") and "max_follows 2" in refused.result().result.reason
+    assert wait_for_diagnostics(client, lambda v: v["follows"].startswith("2 "), node_name="/embedded/lisa")
+
+    frames = iter(range(1, 10_000))
+
+    def next_frame():  # the camera at 10 Hz from the client's executor, also while a query waits for its answer
+        k = next(frames)
+        client.camera.publish(image_msg(client, seq.frames[k % len(seq.frames)], base + k))
+
+    camera = client.node.create_timer(1 / CAMERA_HZ, next_frame)
+    try:
+        client.spin_until(lambda: len(by_session) >= 5, 20, "follow updates")
+        room, = held_out_rooms("sink", "window")
+        during = client.converse(question, image=room.image, timeout=60)  # while both follow, at camera rate
+        names, iou = answer_check(during, room, "sink")
+        assert during.error == "" and names[:1] == ["sink"] and iou >= 0.5, (during.reply, iou)
+        count = len(by_session)
+        client.spin_until(lambda: len(by_session) >= count + 3, 20, "follow updates after the query")
+
+        ended = brief.get_result_async()
+        client.spin_until(ended.done, 20, "the timed follow's end")
+        assert ended.result().status == GoalStatus.STATUS_SUCCEEDED
+        assert ended.result().result.reason == "duration reached"
+        client.spin_until(lambda: len(timed) == ended.result().result.updates, 5, "every update of the timed follow")
+
+        switched = follow.get_result_async()
+        try:
+            assert set_parameter(client, "adapter", str(plant_adapter), "/embedded/lisa").successful
+            client.spin_until(switched.done, 30, "the follow's end after the adapter switch")
+        finally:
+            assert set_parameter(client, "adapter", "", "/embedded/lisa").successful
+        assert switched.result().status == GoalStatus.STATUS_ABORTED
+        assert "adapter changed" in switched.result().result.reason, switched.result().result.reason
+    finally:
+        client.node.destroy_timer(camera)
+    wait_for_diagnostics(client, lambda v: v["adapter"] == "" and v["follows"].startswith("0 "),
+                         node_name="/embedded/lisa")
+    assert process.poll() is None

@@ -211,6 +211,9 @@ def test_readme_launch_topic_pub_echo_and_node_commands_as_typed(workspace, came
         goal = sourced(workspace, readme_line("ros2 action send_goal"), timeout=180)
         assert "Goal finished with status: SUCCEEDED" in goal and "stage: generating" in goal
         assert re.search(r"reply: .*(chair|sofa|bed)", goal), goal[-2000:]
+        follow = sourced(workspace, readme_line("ros2 action send_goal --feedback /lisa/follow"), timeout=180)
+        assert "Goal finished with status: SUCCEEDED" in follow and "reason: duration reached" in follow, follow[-2000:]
+        assert "tier: answer" in follow and re.search(r"tier: (flow|redecode)", follow), follow[-2000:]
         sessions = sourced(workspace, readme_line("ros2 service call /lisa/list_sessions"))
         assert "SessionInfo(session_id=" in sessions
         query = sourced(workspace, readme_line("ros2 run lisa_ros lisa_query"), timeout=180)

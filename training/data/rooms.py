@@ -381,9 +381,10 @@ def place(rng, name: str, s: float, width: int, taken: list[tuple[float, float]]
 
 
 def draw_room(rng: random.Random, height: int = 192, width: int = 256, targets=(2, 4), distractors=(1, 3),
-              include: tuple[str, ...] = ()) -> Room:
+              include: tuple[str, ...] = (), twice: tuple[str, ...] = ()) -> Room:
     """A room with ``targets`` (a (min, max) count) distinct target classes, ``include`` among them, and
-    ``distractors`` distractors."""
+    ``distractors`` distractors; each class of ``twice`` (among ``include``) is drawn a second time, a look-alike
+    (its own instance id, its own colours)."""
     c = Canvas(rng, height, width)
     horizon = int(height * rng.uniform(0.45, 0.6))
     wall_colour = rng.choice(sorted(WALL_COLOURS))
@@ -393,7 +394,7 @@ def draw_room(rng: random.Random, height: int = 192, width: int = 256, targets=(
     extra = [rng.choice(DISTRACTORS) for _ in range(rng.randint(*distractors))]
     unit = height / rng.uniform(2.8, 4.6)  # the camera's distance: nearer rooms show fewer, larger things
     wall_taken, floor_taken, standing = [], [], []
-    for k, name in enumerate(chosen + extra):
+    for k, name in enumerate(chosen + extra + list(twice)):
         inst = k + 1
         if name in ON_WALL:
             s = unit * rng.uniform(0.8, 1.15)
@@ -419,6 +420,6 @@ def draw_room(rng: random.Random, height: int = 192, width: int = 256, targets=(
     masks = {name: labels == LABELS.index(name) for name in chosen}
     masks = {name: m for name, m in masks.items() if m.sum() >= 60}
     if not masks:  # every target hidden or unplaced (rare): draw another room
-        return draw_room(rng, height, width, targets, distractors, include)
+        return draw_room(rng, height, width, targets, distractors, include, twice)
     return Room(image.astype(np.uint8), labels, c.instances, masks, wall_colour,
                 [n for n in extra if (labels == LABELS.index(n)).any()])

@@ -4,7 +4,8 @@ A room is drawn twice as large as a frame; a virtual camera looks at part of it 
 changes from frame to frame: it starts on the target, pans away until the target has left the view (past the room's
 edge if need be) and stays there a while, comes back, then approaches it while rolling a little. Halfway through the first pass a grey bar (someone walking by) crosses
 the target. Each frame's ground truth is the target instance's mask seen through the same transform, minus what
-the bar hides.
+the bar hides. With ``look_alike``, the room holds a second object of the target's class (a distractor a follower must
+not jump to); ``seq.other[i]`` is its visible mask.
 
     seq = make_sequence(room_seed(13, 0), "sink")
     seq.frames[i]   H×W×3 uint8;  seq.truth[i]  H×W bool (empty while the target is out of view)
@@ -27,6 +28,8 @@ class Sequence:
     truth: list[np.ndarray]
     phases: list[str]  # per frame: "on" | "away" | "back" | "approach"
     room: Room
+    whole: list[np.ndarray] = None  # per frame: the target in view including what the bar hides (amodal)
+    other: list[np.ndarray] = None  # per frame: the look-alike's visible mask (empty without one)
 
     @property
     def visible(self) -> list[bool]:
@@ -66,32 +69,37 @@ def _path(start: tuple[float, float], away_x: float, zoom: float, frames: int):
 
 
 def make_sequence(rng: random.Random, target: str, frames: int = 80, size: tuple[int, int] = (192, 256),
-                  zoom: float = 0.7) -> Sequence:
+                  zoom: float = 0.7, look_alike: bool = False) -> Sequence:
     """A moving-camera sequence of ``frames`` frames of ``size`` (h, w) around ``target`` (a class of
     ``rooms.TARGETS``) in a room drawn at twice the frame size, seen at ``zoom`` frame pixels per room pixel (0.7:
-    things 1.4× as large as in a training room, 70 % of the room in view)."""
+    things 1.4× as large as in a training room, 70 % of the room in view). ``look_alike``: a second ``target`` in
+    the room (the smaller of the two is the look-alike)."""
     h, w = size
+    wanted = 2 if look_alike else 1
     for _ in range(50):
-        room = draw_room(rng, 2 * h, 2 * w, include=(target,))
+        room = draw_room(rng, 2 * h, 2 * w, include=(target,), twice=(target,) if look_alike else ())
         label = room.labels == LABELS.index(target)
-        ids = [i for i in np.unique(room.instances[label]) if i]
-        if ids:
+        ids = [i for i in np.unique(room.instances[label]) if i and ((room.instances == i) & label).sum() >= 60]
+        if len(ids) >= wanted:
             break
     else:
-        raise RuntimeError(f"no room with a visible {target} in 50 tries")
-    instance = max(ids, key=lambda i: ((room.instances == i) & label).sum())
-    mask = (room.instances == instance) & label
+        raise RuntimeError(f"no room with {wanted} visible {target}(s) in 50 tries")
+    ids.sort(key=lambda i: ((room.instances == i) & label).sum(), reverse=True)
+    mask = (room.instances == ids[0]) & label
+    other = (room.instances == ids[1]) & label if look_alike else np.zeros_like(mask)
     ys, xs = np.nonzero(mask)
     start = (float(xs.mean()), float(ys.mean()))
     bar_width = max(6, int(0.6 * zoom * (xs.max() - xs.min())))
     half_view = w / (2 * zoom)  # room pixels from the view's centre to its side
     away_x = xs.max() + half_view + 12 if start[0] < w else xs.min() - half_view - 12  # towards the far side
-    seq = Sequence(target, [], [], [], room)
+    seq = Sequence(target, [], [], [], room, [], [])
     for i, (centre, z, roll, phase) in enumerate(_path(start, away_x, zoom, frames)):
         m = _camera(centre, z, roll, size)
         # past the room's edge the border is smeared, not mirrored: a mirror would show a second, untruthed target
         frame = cv2.warpAffine(room.image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         truth = cv2.warpAffine(mask.astype(np.uint8), m, (w, h), flags=cv2.INTER_NEAREST) > 0
+        seen_other = cv2.warpAffine(other.astype(np.uint8), m, (w, h), flags=cv2.INTER_NEAREST) > 0
+        seq.whole.append(truth.copy())
         if frames // 8 <= i < frames // 4:  # someone walks past the target
             t = (i - frames // 8) / max(1, frames // 8)
             x0 = int(w / 2 - 1.5 * bar_width + 3 * bar_width * t)
@@ -100,7 +108,9 @@ def make_sequence(rng: random.Random, target: str, frames: int = 80, size: tuple
             frame = frame.copy()
             frame[bar] = (70, 70, 78)
             truth &= ~bar
+            seen_other &= ~bar
         seq.frames.append(np.ascontiguousarray(frame))
         seq.truth.append(truth)
+        seq.other.append(seen_other)
         seq.phases.append(phase)
     return seq
