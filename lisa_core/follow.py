@@ -10,9 +10,11 @@ language model. Tiers, cheapest first, chosen per frame:
    (the image encoder once per frame, no LLM); of its mask, the parts connected to the carried one or to the target
    as last seen whole are kept (the same target, both sides of whatever is in front of it, not a look-alike
    elsewhere in the view);
-3. ``lost``: the re-decoded mask is empty or disjoint from where the target was for ``lost_after`` consecutive
-   re-decodes; a caller may then ask the question again (the node's ``follow_requery``). While lost, every frame
-   is re-decoded, and the target is re-acquired on a mask of about its size whose colours look like it.
+3. ``lost``: the re-decoded mask is empty, disjoint from where the target was or a speck far smaller than it for
+   ``lost_after`` consecutive re-decodes — or at once when the target was at the frame's edge and the flow carries
+   it out of view (it left: more re-decodes would only delay the news); a caller may then ask the question again
+   (the node's ``follow_requery``). While lost, every frame is re-decoded, and the target is re-acquired on a mask
+   of about its size whose colours look like it.
 
 Every update says which tier produced it and its confidence (0–1). ``FollowRun`` runs a follow inside a server (the
 ROS node): updates as idle-time work on its inference queue, frames dropped rather than queued, re-queries.
@@ -161,12 +163,17 @@ class Follower:
         mask, score = self._decode(image)
         kept = components_touching(mask, near | self.whole)  # both sides of whatever is in front of it
         agreement = overlap(kept, near)
-        if kept.sum() >= config.min_area and (agreement >= config.min_agreement or self._part_of_whole(kept)):
+        if self._could_be_it(kept) and (agreement >= config.min_agreement or self._part_of_whole(kept)):
             self.failures = self.unconfirmed = 0
             return FollowUpdate(kept, REDECODE, min(1.0, agreement / 0.7), score, 0.0)
         # SAM disagrees: re-decode every frame from now on; after lost_after disagreements in a row, the target is
         # gone (the flow alone would keep following whatever texture stayed under the mask, e.g. the frame's edge)
         self.failures += 1
+        if touches_border(self.mask) and (not flow_ok or carried.sum() < self.known_area / 4):
+            # it was at the frame's edge, the flow carries (almost) nothing of it into view and SAM sees nothing of
+            # it there: it left the view. Waiting for more re-decodes would only delay ``lost`` (by frames, or by
+            # more when updates fall behind the camera)
+            self.failures = config.lost_after
         if not self.lost:  # not lost yet: keep the flow's mask (or what was carried), with less trust
             return (FollowUpdate(carried, FLOW, confidence / 2, score, 0.0) if flow_ok else
                     FollowUpdate(near, REDECODE, 0.0, score, 0.0))
@@ -180,6 +187,12 @@ class Follower:
             self.failures = self.config.lost_after
             return FollowUpdate(np.zeros_like(carried), LOST, 0.0, float("nan"), 0.0)
         return FollowUpdate(carried, FLOW, confidence, float("nan"), 0.0)
+
+    def _could_be_it(self, kept: np.ndarray) -> bool:
+        """Large enough to be the target: a quarter of its known size, or any size at the frame's edge (entering or
+        leaving the view). A speck off the edge is something else SAM lit up, e.g. once the target has left."""
+        area = int(kept.sum())
+        return area >= self.config.min_area and (area >= self.known_area / 4 or touches_border(kept))
 
     def _part_of_whole(self, kept: np.ndarray) -> bool:
         """Is ``kept`` a part of the target as last seen whole (someone in front of the rest): smaller than it, and

@@ -193,3 +193,31 @@ def test_a_budget_holds_re_decodes_to_its_share_of_what_the_answer_cost(monkeypa
     tiers = [follower.update(image).tier for _ in range(23)]
     assert [k for k, t in enumerate(tiers, 1) if t == "redecode"] == [1, 2, 3, 5, 9, 13, 17, 21], tiers
     assert set(tiers) == {"redecode", "flow"} and sam.calls == 8
+
+
+def test_a_target_leaving_the_view_that_sam_no_longer_sees_is_lost_at_once_and_a_speck_is_not_it():
+    """Leaving the view: the mask touched the edge, the camera pans so the flow carries only a sliver of it into
+    the frame, and SAM's re-decode finds nothing of it → ``lost`` on that very update (waiting for three
+    disagreements cost frames, more when updates fall behind the camera). Off the edge, a re-decoded speck
+    overlapping where the target was is not taken for it."""
+    import torch
+    from types import SimpleNamespace
+
+    image = rgb_texture()
+    at_edge = np.zeros(image.shape[:2], bool)
+    at_edge[60:130, 0:80] = True
+    panned = np.roll(image, -70, axis=1)  # the camera turned: the target's 80 px are 10 px now
+    sam = ScriptedSam([np.zeros_like(at_edge)] * 2)
+    answer = SimpleNamespace(masks=[at_edge], seg_prompts=torch.zeros(1, 256), timings={})
+    follower = Follower(sam, answer, image, config=FollowConfig(redecode_s=1e9), clock=lambda: 0.0)
+    assert follower.update(panned).tier == "lost" and sam.calls == 1
+    still = Follower(sam, answer, image, config=FollowConfig(redecode_s=1e9), clock=lambda: 0.0)
+    assert still.update(image).tier != "lost", "still in view, only SAM's one miss: not lost yet"
+
+    box = np.zeros(image.shape[:2], bool)
+    box[60:130, 60:180] = True
+    speck = np.zeros_like(box)
+    speck[90:98, 100:108] = True  # 64 px inside the 8,400 px target: SAM lit up something else
+    updates, _ = scripted_follow([speck, speck, speck], 3, box, image, redecode_s=0.0)
+    assert [u.tier for u in updates] == ["flow", "flow", "lost"], [u.tier for u in updates]
+    assert np.array_equal(updates[0].mask, box) and updates[0].confidence <= 0.5

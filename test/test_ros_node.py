@@ -822,7 +822,8 @@ def test_follow_keeps_the_target_says_lost_when_it_leaves_and_stops_on_cancel(em
     gone = seq.visible.index(False)
     back = gone + seq.visible[gone:].index(True)
     lost_at = next(k for k in sorted(tiers) if k >= gone and tiers[k] == "lost")
-    assert lost_at - gone <= CAMERA_HZ / 2, f"lost reported {lost_at - gone} frames after the target left"
+    assert lost_at - gone <= CAMERA_HZ / 2, (f"lost reported {lost_at - gone} frames after the target left",
+                                            {k: tiers.get(k) for k in range(gone - 3, lost_at + 1)})
     assert all(tiers[k] == "lost" for k in tiers if gone + 5 <= k < back)
     assert any(tiers[k] != "lost" for k in tiers if k >= back), "not re-acquired after it came back"
     assert process.poll() is None
@@ -839,6 +840,7 @@ def test_follows_are_bounded_a_query_meanwhile_is_answered_and_each_ends_with_it
     by_session, timed = [], []
     follow = client.start_follow(session_id=first.session_id, on_feedback=by_session.append)
     brief = client.start_follow(question, duration_s=2.0, on_feedback=timed.append)
+    ended = brief.get_result_async()  # asked for now: the node keeps a finished goal's result only 5 s
     client.spin_until(lambda: by_session and timed, 60, "both follows' first updates")
     assert by_session[0].tier == "answer" and by_session[0].session_id == first.session_id
     refused = client.start_follow(session_id=first.session_id).get_result_async()
@@ -863,7 +865,6 @@ def test_follows_are_bounded_a_query_meanwhile_is_answered_and_each_ends_with_it
         count = len(by_session)
         client.spin_until(lambda: len(by_session) >= count + 3, 20, "follow updates after the query")
 
-        ended = brief.get_result_async()
         client.spin_until(ended.done, 20, "the timed follow's end")
         assert ended.result().status == GoalStatus.STATUS_SUCCEEDED
         assert ended.result().result.reason == "duration reached"
