@@ -124,6 +124,22 @@ def test_batch_with_an_answer_without_masks(tiny_lisa):
     assert all(torch.isfinite(v) for v in out.values()) and out["bce"] > 0
 
 
+def test_forward_batch_returns_the_language_model_s_logits_beside_the_masks(tiny_lisa):
+    """``logits`` are the text head's ``[B, L, V]`` over the whole sequence (what token accuracy is scored on), not
+    the last image's mask logits; the CE is theirs."""
+    from training.forward import forward_batch
+    from training.losses import next_token_ce
+
+    image = np.full((32, 40, 3), 60, np.uint8)
+    samples = [Sample(image, [[("Where is the sink?", "Sure, it is [SEG].")]], np.ones((1, 32, 40), np.float32))] * 2
+    with torch.no_grad():
+        out = forward_batch(tiny_lisa.model, model_batch(tiny_lisa, samples), tiny_lisa.tokenizer.seg_token_id)
+    assert out["logits"].shape == (*out["labels"].shape, tiny_lisa.model.lm_head.out_features)
+    assert torch.equal(out["ce"], next_token_ce(out["logits"], out["labels"]))
+    assert [m.shape for m in out["pred_masks"]] == [(1, 32, 40)] * 2
+    assert next_token_accuracy(out["logits"], out["labels"])[1] > 0
+
+
 def test_seg_without_target_masks_is_refused(tiny_lisa):
     image = np.full((32, 40, 3), 60, np.uint8)
     unlabelled = Sample(image, [[("Where is the sink?", "Sure, it is [SEG].")]], np.zeros((0, 32, 40), np.float32))

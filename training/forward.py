@@ -52,9 +52,9 @@ def forward_batch(model: LisaForCausalLM, batch: dict, seg_token_id: int) -> dic
         if batch["sam_pixels"][i] is None:
             raise ValueError(f"{states.shape[0]} [SEG] in the answers of image {i}, which has no target masks")
         embedding = model.encode_sam(batch["sam_pixels"][i].to(device))
-        logits, _ = model.decode_masks(embedding, model.seg_prompts(states), batch["input_sizes"][i],
-                                       batch["image_sizes"][i])
-        pred_masks.append(logits)
+        masks, _ = model.decode_masks(embedding, model.seg_prompts(states), batch["input_sizes"][i],
+                                      batch["image_sizes"][i])
+        pred_masks.append(masks)
     return {"ce": ce, "logits": logits, "labels": labels, "pred_masks": pred_masks}
 
 
