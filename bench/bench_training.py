@@ -61,7 +61,7 @@ def score_checkpoint(run_dir: Path, folder: Path, tag: str) -> dict:
 NOT_ASKED = ["unlabelled", "wall", "floor", "plant", "picture", "clock", "rug", "cabinet", "object"]
 
 
-def chat_on_best(run_dir: Path, rooms: int) -> dict:
+def chat_on_best(run_dir: Path, rooms: int, **room_kwargs) -> dict:
     """Free chat with the best checkpoint on held-out rooms (``bench_model``'s questions): how well the reply text
     is learned — the share of replies with ``[SEG]``, naming the right object, in a taught form — and chat gIoU."""
     import random
@@ -73,7 +73,7 @@ def chat_on_best(run_dir: Path, rooms: int) -> dict:
 
     lisa, module = load_trained(run_dir, "best")
     module.eval()
-    held_out = [(i, draw_room(room_seed(777, i))) for i in range(rooms)]
+    held_out = [(i, draw_room(room_seed(777, i), **room_kwargs)) for i in range(rooms)]
     return chat_scores(module.engine(lisa), held_out, random.Random(0), 24)[0]
 
 
@@ -120,14 +120,19 @@ def main(argv=None) -> None:
     parser.add_argument("--vocab", type=int, default=800)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (0: the committed runs)")
     parser.add_argument("--seed", type=int, default=0, help="random init, training rooms and data order")
+    parser.add_argument("--targets", type=int, nargs=2, default=(2, 4), metavar=("MIN", "MAX"),
+                        help="target classes per room (training and held-out rooms alike)")
+    parser.add_argument("--distractors", type=int, nargs=2, default=(1, 3), metavar=("MIN", "MAX"),
+                        help="distractor objects per room")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the results go")
     args = parser.parse_args(argv)
+    rooms = {"targets": tuple(args.targets), "distractors": tuple(args.distractors)}
     with tempfile.TemporaryDirectory() as tmp:
         model = make_tiny(Path(tmp) / "tiny", seed=args.seed, clip_patch_size=args.clip_patch, vocab_size=args.vocab)
         data = Path(tmp) / "dataset"
-        write_scannet_scenes(data / "scannet", args.scenes, frames=50, seed=args.seed)
-        write_reasonseg_split(data / "reason_seg" / "ReasonSeg" / "val", args.val, seed=12345)
-        test = write_reasonseg_split(Path(tmp) / "test", args.test, seed=54321)
+        write_scannet_scenes(data / "scannet", args.scenes, frames=50, seed=args.seed, **rooms)
+        write_reasonseg_split(data / "reason_seg" / "ReasonSeg" / "val", args.val, seed=12345, **rooms)
+        test = write_reasonseg_split(Path(tmp) / "test", args.test, seed=54321, **rooms)
         run = Path(tmp) / "run"
         config = TrainConfig(
             model=str(model), output_dir=str(run), precision="fp32", micro_batch=4, grad_accum=1,
@@ -142,17 +147,18 @@ def main(argv=None) -> None:
         start = time.time()
         summary = train(config, deadline=start + 60 * args.minutes)
         summary["wall_clock_s"] = time.time() - start
-        summary["test"] = {"rooms": args.test, "tag": "best", **score_checkpoint(run, test, "best")}
-        held_out = Path(tmp) / "held_out"
-        write_scannet_scenes(held_out / "scannet", 2, frames=50, seed=args.seed + 1000)
-        summary["text"] = token_accuracy(run, config, held_out, batches=25)
-        if args.chat_rooms:
-            summary["chat"] = chat_on_best(run, args.chat_rooms)
-        summary["tiny_model"] = {"clip_patch_size": args.clip_patch, "vocab_size": args.vocab, "seed": args.seed}
-        summary["config"] = {k: v for k, v in vars(config).items() if k not in ("model", "output_dir", "dataset_dir")}
-        args.out.mkdir(parents=True, exist_ok=True)
+        args.out.mkdir(parents=True, exist_ok=True)  # the curve first: it is kept should the scoring below fail
         shutil.copy(run / "metrics.csv", args.out / "training_metrics.csv")
         shutil.copy(run / "curves.png", args.out / "training_curves.png")
+        summary["test"] = {"rooms": args.test, "tag": "best", **score_checkpoint(run, test, "best")}
+        held_out = Path(tmp) / "held_out"
+        write_scannet_scenes(held_out / "scannet", 2, frames=50, seed=args.seed + 1000, **rooms)
+        summary["text"] = token_accuracy(run, config, held_out, batches=25)
+        if args.chat_rooms:
+            summary["chat"] = chat_on_best(run, args.chat_rooms, **rooms)
+        summary["rooms"] = rooms
+        summary["tiny_model"] = {"clip_patch_size": args.clip_patch, "vocab_size": args.vocab, "seed": args.seed}
+        summary["config"] = {k: v for k, v in vars(config).items() if k not in ("model", "output_dir", "dataset_dir")}
     (args.out / "training.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     print(f"best held-out gIoU {summary['best']['giou']:.3f} (cIoU {summary['best']['ciou']:.3f}) at step "
           f"{summary['best']['step']}; {summary['wall_clock_s'] / 60:.1f} min; best checkpoint on {args.test} "
