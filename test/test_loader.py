@@ -42,3 +42,10 @@ def test_rank_takes_every_world_th_sample(micro_batches, tiny_lisa):
     batch = batches[1]
     assert [m.shape for m in batch["masks"]] == [(len(s.masks), *s.image.shape[:2]) for s in expected]
     assert all(np.array_equal(m.numpy(), s.masks) for m, s in zip(batch["masks"], expected, strict=True))
+
+
+def test_a_plain_for_loop_over_the_micro_batches_ends_at_their_count(micro_batches):
+    batches = micro_batches()
+    assert len(list(batches)) == len(batches) == 6  # an evaluation loop iterates it directly
+    with pytest.raises(IndexError, match="micro-batch 6 of 6"):
+        batches[6]

@@ -147,6 +147,8 @@ class MicroBatches(torch.utils.data.Dataset):
         return self.count
 
     def __getitem__(self, j: int) -> dict:
+        if not 0 <= j < self.count:  # also ends a plain ``for`` over it
+            raise IndexError(f"micro-batch {j} of {self.count}")
         start = self.first + j * self.config.micro_batch
         before = self.data.skipped_counts()
         samples = [self.data[(start + i) * self.world + self.rank] for i in range(self.config.micro_batch)]
