@@ -315,12 +315,15 @@ class Lisa:
         return (*self.redecode(state, prompts, watch), prompts)
 
     @torch.inference_mode()
-    def redecode(self, state: ImageState, prompts: torch.Tensor, watch: Stopwatch | None = None):
+    def redecode(self, state: ImageState, prompts: torch.Tensor, watch: Stopwatch | None = None,
+                 should_yield: Callable[[], bool] | None = None):
         """``[n, 256]`` [SEG] prompt embeddings (``LisaResult.seg_prompts``) decoded on ``state``'s frame (SAM image
         encoder when it has no embedding yet, then the mask decoder; no language model) → (``[n, H, W]`` float32
-        logits, ``[n]`` predicted IoU)."""
+        logits, ``[n]`` predicted IoU). ``should_yield()``, when given, is asked before every block of the SAM
+        encoder: ``Yielded`` (and no embedding kept) as soon as it says so."""
         watch = watch or Stopwatch()
-        with watch.measure("sam_encode", when=state.sam_embedding is None):
+        blocks = self.model.sam.image_encoder.blocks if should_yield is not None else []
+        with watch.measure("sam_encode", when=state.sam_embedding is None), yield_points(blocks, should_yield):
             embedding = self.sam_embedding(state)
         with watch.measure("mask_decode"):
             return self.model.decode_masks(embedding, prompts, state.sam_input_size, state.size)

@@ -29,7 +29,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from .engine import ImageState, Lisa, LisaResult, Session
+from .engine import ImageState, Lisa, LisaResult, Session, Yielded
 from .serving import Cancelled, Frame, InferenceQueue, LatestFrame, ServingError
 
 FLOW, REDECODE, LOST = "flow", "redecode", "lost"
@@ -104,17 +104,21 @@ class Follower:
         self.budget = config.budget_burst * self.redecode_cost
         self.unconfirmed = 0  # frames in a row on which neither the flow nor SAM vouched for the mask
         self._state: ImageState | None = None
+        self._should_yield: Callable[[], bool] | None = None
+        self.yielded = 0  # re-decodes given up because a request came while SAM encoded the frame
 
     @property
     def lost(self) -> bool:
         return self.failures >= self.config.lost_after
 
-    def update(self, image: np.ndarray, state: ImageState | None = None) -> FollowUpdate:
+    def update(self, image: np.ndarray, state: ImageState | None = None,
+               should_yield: Callable[[], bool] | None = None) -> FollowUpdate:
         """``state``: ``image``'s encodings, if a server keeps them (a re-decode then reuses or leaves its SAM
-        embedding there)."""
+        embedding there). ``should_yield()``: other work is waiting (a server's queue); a re-decode whose SAM encoding
+        it interrupts is given up for this frame, which the flow carries (as when the budget holds no re-decode)."""
         start = time.perf_counter()
         grey = _grey(image)
-        self._state = state
+        self._state, self._should_yield = state, should_yield
         self.budget = min(self.budget + self.allowance, self.config.budget_burst * self.redecode_cost)
         update = self._reacquire(image, grey) if self.lost else self._follow(image, grey)
         self.grey = grey
@@ -160,7 +164,10 @@ class Follower:
         if not self._may_redecode():
             return self._flow_only(carried, confidence, flow_ok)
         near = carried if carried.sum() >= config.min_area else self.mask
-        mask, score = self._decode(image)
+        try:
+            mask, score = self._decode(image)
+        except Yielded:
+            return self._flow_only(carried, confidence, flow_ok)
         kept = components_touching(mask, near | self.whole)  # both sides of whatever is in front of it
         agreement = overlap(kept, near)
         if self._could_be_it(kept) and (agreement >= config.min_agreement or self._part_of_whole(kept)):
@@ -210,7 +217,10 @@ class Follower:
         out no wrong one."""
         if not self._may_redecode():
             return FollowUpdate(np.zeros_like(self.mask), LOST, 0.0, float("nan"), 0.0)
-        mask, score = self._decode(image)
+        try:
+            mask, score = self._decode(image)
+        except Yielded:
+            return FollowUpdate(np.zeros_like(self.mask), LOST, 0.0, float("nan"), 0.0)
         if self._plausible(image, mask):
             self.failures = self.unconfirmed = 0
             self.whole = mask  # where it is now (its known size stays: it may be entering the view)
@@ -218,11 +228,16 @@ class Follower:
         return FollowUpdate(np.zeros_like(mask), LOST, 0.0, score, 0.0)
 
     def _decode(self, image: np.ndarray) -> tuple[np.ndarray, float]:
-        """The stored prompt decoded on ``image`` (its SAM embedding computed): (H×W mask, SAM's predicted IoU)."""
-        self.last_redecode, start = self.clock(), time.perf_counter()
+        """The stored prompt decoded on ``image`` (its SAM embedding computed): (H×W mask, SAM's predicted IoU);
+        ``Yielded`` (counted) when ``should_yield`` interrupts the SAM encoding."""
+        start = time.perf_counter()
         state = self._state if self._state is not None else self.lisa.image_state(image)
-        logits, scores = self.lisa.redecode(state, self.prompt)
-        self.redecode_cost = time.perf_counter() - start
+        try:
+            logits, scores = self.lisa.redecode(state, self.prompt, should_yield=self._should_yield)
+        except Yielded:
+            self.yielded += 1
+            raise
+        self.last_redecode, self.redecode_cost = self.clock(), time.perf_counter() - start
         return logits[0].cpu().numpy() > 0, float(scores[0])
 
     def _plausible(self, image: np.ndarray, mask: np.ndarray) -> bool:
@@ -388,7 +403,7 @@ class FollowRun:
             except Exception:  # an unusable camera frame: skipped, counted (a query on it would say why)
                 self.frames_unusable += 1
                 return
-            update = self.follower.update(state.image, state)
+            update = self.follower.update(state.image, state, should_yield=lambda: self.queue.depth > 0)
             if update.lost and self.requery is not None:
                 update = self._ask_again(frame, state) or update
             self.updates += 1

@@ -106,9 +106,13 @@ class ScriptedSam:
     def image_state(self, image):
         return image
 
-    def redecode(self, state, prompts):
+    def redecode(self, state, prompts, should_yield=None):
         import torch
 
+        from lisa_core.engine import Yielded
+
+        if should_yield is not None and should_yield():
+            raise Yielded()
         mask = self.masks[self.calls]
         self.calls += 1
         return torch.from_numpy(np.where(mask, 1.0, -1.0)[None].astype(np.float32)), torch.tensor([0.5])
@@ -182,9 +186,9 @@ def test_a_budget_holds_re_decodes_to_its_share_of_what_the_answer_cost(monkeypa
     sam = ScriptedSam([box] * 100)
     decode = sam.redecode
 
-    def costly(state, prompts):
+    def costly(state, prompts, **options):
         clock[0] += 1 / 16
-        return decode(state, prompts)
+        return decode(state, prompts, **options)
 
     sam.redecode = costly
     answer = SimpleNamespace(masks=[box], seg_prompts=torch.zeros(1, 256), timings={"total": 1 / 8})
@@ -221,3 +225,30 @@ def test_a_target_leaving_the_view_that_sam_no_longer_sees_is_lost_at_once_and_a
     updates, _ = scripted_follow([speck, speck, speck], 3, box, image, redecode_s=0.0)
     assert [u.tier for u in updates] == ["flow", "flow", "lost"], [u.tier for u in updates]
     assert np.array_equal(updates[0].mask, box) and updates[0].confidence <= 0.5
+
+
+def test_a_re_decode_yields_to_waiting_work_and_the_flow_carries_that_frame(tiny_lisa, room_image):
+    """A server's queue holds a request: SAM's encoding for a re-decode stops between blocks (nothing kept), and the
+    follower gives the frame the flow's mask instead, counting the re-decode it gave up."""
+    from lisa_core.engine import Yielded
+
+    answer = tiny_lisa.segment(room_image, "Where is the sink?", answer="Sure, it is [SEG].")
+    state = tiny_lisa.image_state(room_image)
+    with pytest.raises(Yielded):
+        tiny_lisa.redecode(state, answer.seg_prompts, should_yield=lambda: True)
+    assert state.sam_embedding is None
+    assert tiny_lisa.redecode(state, answer.seg_prompts, should_yield=lambda: False)[0].shape[0] == 1
+
+    image = rgb_texture()
+    box = np.zeros(image.shape[:2], bool)
+    box[60:130, 60:180] = True
+    from types import SimpleNamespace
+
+    import torch
+
+    sam = ScriptedSam([box])
+    follower = Follower(sam, SimpleNamespace(masks=[box], seg_prompts=torch.zeros(1, 256), timings={}), image,
+                        config=FollowConfig(redecode_s=0.0), clock=lambda: 1.0)
+    waiting = follower.update(image, should_yield=lambda: True)  # a re-decode is due (redecode_s 0)
+    assert waiting.tier == FLOW and np.array_equal(waiting.mask, box) and follower.yielded == 1 and sam.calls == 0
+    assert follower.update(image).tier == "redecode" and sam.calls == 1
