@@ -16,7 +16,6 @@ import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import rclpy
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_memory import rss_mb  # noqa: E402
+from bench_stream import CAMERA_HZ, Camera  # noqa: E402
 
 from lisa_ros.client import LisaClient  # noqa: E402
 from lisa_ros.dds import local_dds_env  # noqa: E402
@@ -35,24 +35,9 @@ from training.data.synthetic import room_seed  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DOMAIN = 94
-CAMERA_HZ = 10.0
 HELD_OUT = 13  # the room split no training run uses
 QUESTION = "Where can I wash my hands?"
 GAP_S = (0.5, 2.0)  # between an answer and the next question
-
-
-class Camera(threading.Thread):
-    """Publishes ``frames`` in a loop at ``CAMERA_HZ``, stamped with the wall clock, until stopped."""
-
-    def __init__(self, client: LisaClient, frames: list[np.ndarray]):
-        super().__init__(daemon=True)
-        self.client, self.frames, self.stop = client, frames, threading.Event()
-
-    def run(self) -> None:
-        k = 0
-        while not self.stop.wait(1.0 / CAMERA_HZ):
-            self.client.camera.publish(self.client.image_msg(self.frames[k % len(self.frames)]))
-            k += 1
 
 
 def ask(client: LisaClient, query, results: list, queries: int, rng: random.Random) -> list[float]:
@@ -98,6 +83,8 @@ def soak(client: LisaClient, pid: int, minutes: float) -> dict:
     n, rss = np.array([s[0] for s in settled], float), np.array([s[1] for s in settled])
     slope = float(np.polyfit(n, rss, 1)[0] * 1000) if len(settled) > 2 and np.ptp(n) > 0 else float("nan")
     end_result = result.result().result
+    if not updates:
+        raise RuntimeError(f"the soak's follow sent no update: {end_result.reason}")
     return {"minutes": minutes, "updates": len(updates), "updates_per_s": len(updates) / (60 * minutes),
             "tiers": {t: sum(u.tier == t for u in updates) for t in sorted({u.tier for u in updates})},
             "frames_skipped": end_result.frames_skipped, "reason": end_result.reason,
@@ -142,8 +129,10 @@ def main(argv=None) -> None:
             during = summary(ask(client, query, results, args.queries, rng))
             during["follow_updates"] = [len(c) for c in counts]
             report["two_follows"] = during
-            cancels = [handle.cancel_goal_async() for handle in handles]
-            client.spin_until(lambda: all(c.done() for c in cancels), 30, "the follows' cancels")
+            ended = [handle.get_result_async() for handle in handles]
+            for handle in handles:
+                handle.cancel_goal_async()
+            client.spin_until(lambda: all(e.done() for e in ended), 30, "the cancelled follows' ends")  # slots free
             ratio = during["median_s"] / report["no_follow"]["median_s"]
             report["median_ratio"], report["p90_ratio"] = ratio, during["p90_s"] / report["no_follow"]["p90_s"]
             print(f"two follows ({during['follow_updates']} updates meanwhile): median "

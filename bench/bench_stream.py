@@ -61,15 +61,17 @@ def checkpoint(config: str, workdir: Path, image) -> tuple[Path, Lisa]:
 
 
 class Camera(threading.Thread):
-    """Publishes the image at ``CAMERA_HZ``, stamped with the wall clock, until stopped."""
+    """Publishes ``frames`` (RGB arrays) in a loop at ``CAMERA_HZ``, stamped with the wall clock, until stopped."""
 
-    def __init__(self, client: LisaClient, image: np.ndarray):
+    def __init__(self, client: LisaClient, frames: list[np.ndarray]):
         super().__init__(daemon=True)
-        self.client, self.image, self.stop = client, image, threading.Event()
+        self.client, self.frames, self.stop = client, frames, threading.Event()
 
     def run(self) -> None:
+        k = 0
         while not self.stop.wait(1.0 / CAMERA_HZ):
-            self.client.camera.publish(self.client.image_msg(self.image))
+            self.client.camera.publish(self.client.image_msg(self.frames[k % len(self.frames)]))
+            k += 1
 
 
 def stream_run(model_dir: Path, preencode: bool, queries: int, gap: tuple[float, float], image, log: Path) -> dict:
@@ -83,7 +85,7 @@ def stream_run(model_dir: Path, preencode: bool, queries: int, gap: tuple[float,
     results = []  # (the union mask on lisa/mask comes with every answer; the result also says why when there is none)
     client.node.create_subscription(SegmentationResult, "lisa/result", results.append, 10)
     query = client.node.create_publisher(String, "lisa/query", 10)
-    camera = Camera(client, image)
+    camera = Camera(client, [image])
     rng = random.Random(0)
     latencies, ages = [], []
     try:

@@ -36,6 +36,7 @@ from .spatial import NO_DEPTH
 
 RESULT_REASK_S = 5.0  # while a turn runs, the result is asked for again this often (cheap: the node holds it)
 SERVER_GONE_S = 2.0  # the action server unmatched this long: the node is gone
+DISCOVERY_SETTLE_S = 1.0  # after the node's servers are seen: time for the node to match our reply readers too
 
 
 class SessionClosed(RuntimeError):
@@ -73,7 +74,14 @@ class LisaClient:
             self.executor.spin_once(timeout_sec=0.05)
 
     def wait_for_node(self, timeout: float = 30.0) -> None:
-        self.spin_until(self.action.server_is_ready, timeout, "the LISA node's lisa/converse action server")
+        """Until the node's action servers are ready, then ``DISCOVERY_SETTLE_S`` more. ``server_is_ready`` says our
+        requests reach the node; DDS matches the other direction (its replies to us) separately, and a reply sent
+        before that is dropped after 100 ms ("client will not receive response" in the node's log): a goal sent at
+        once to a node that had just started then waited for an acceptance that never came."""
+        self.spin_until(lambda: self.action.server_is_ready() and self.follow_action.server_is_ready(), timeout,
+                        "the LISA node's action servers")
+        settled = time.monotonic() + DISCOVERY_SETTLE_S
+        self.spin_until(lambda: time.monotonic() >= settled, DISCOVERY_SETTLE_S + 1, "discovery to settle")
 
     def image_msg(self, rgb: np.ndarray, frame_id: str = "camera") -> Image:
         header = Header(stamp=self.node.get_clock().now().to_msg(), frame_id=frame_id)
