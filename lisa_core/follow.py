@@ -161,13 +161,11 @@ class Follower:
                 and self.clock() - self.last_redecode < config.redecode_s):
             self.unconfirmed = 0
             return FollowUpdate(carried, FLOW, confidence, float("nan"), 0.0)
-        if not self._may_redecode():
+        decoded = self._decode(image)
+        if decoded is None:
             return self._flow_only(carried, confidence, flow_ok)
+        mask, score = decoded
         near = carried if carried.sum() >= config.min_area else self.mask
-        try:
-            mask, score = self._decode(image)
-        except Yielded:
-            return self._flow_only(carried, confidence, flow_ok)
         kept = components_touching(mask, near | self.whole)  # both sides of whatever is in front of it
         agreement = overlap(kept, near)
         if self._could_be_it(kept) and (agreement >= config.min_agreement or self._part_of_whole(kept)):
@@ -187,7 +185,7 @@ class Follower:
         return FollowUpdate(np.zeros_like(mask), LOST, 0.0, score, 0.0)
 
     def _flow_only(self, carried: np.ndarray, confidence: float, flow_ok: bool) -> FollowUpdate:
-        """A re-decode was wanted but the budget holds none: the flow's mask. Lost when the flow carried it out of the
+        """A re-decode was wanted but none ran (no budget, or a request came): the flow's mask. Lost when the flow carried it out of the
         frame, or when nothing vouched for it ``lost_after`` frames in a row."""
         self.unconfirmed = 0 if flow_ok else self.unconfirmed + 1
         if carried.sum() < self.config.min_area or self.unconfirmed >= self.config.lost_after:
@@ -215,28 +213,28 @@ class Follower:
         """While lost, every frame: re-acquired on a re-decode that looks like the target (``_plausible``). One is
         enough: waiting for a second that agrees cost a frame on every return and, on the held-out sequences, kept
         out no wrong one."""
-        if not self._may_redecode():
+        decoded = self._decode(image)
+        if decoded is None:
             return FollowUpdate(np.zeros_like(self.mask), LOST, 0.0, float("nan"), 0.0)
-        try:
-            mask, score = self._decode(image)
-        except Yielded:
-            return FollowUpdate(np.zeros_like(self.mask), LOST, 0.0, float("nan"), 0.0)
+        mask, score = decoded
         if self._plausible(image, mask):
             self.failures = self.unconfirmed = 0
             self.whole = mask  # where it is now (its known size stays: it may be entering the view)
             return FollowUpdate(mask, REDECODE, 0.5, score, 0.0)
         return FollowUpdate(np.zeros_like(mask), LOST, 0.0, score, 0.0)
 
-    def _decode(self, image: np.ndarray) -> tuple[np.ndarray, float]:
-        """The stored prompt decoded on ``image`` (its SAM embedding computed): (H×W mask, SAM's predicted IoU);
-        ``Yielded`` (counted) when ``should_yield`` interrupts the SAM encoding."""
+    def _decode(self, image: np.ndarray) -> tuple[np.ndarray, float] | None:
+        """The stored prompt decoded on ``image`` (its SAM embedding computed): (H×W mask, SAM's predicted IoU); None
+        when this frame gets no re-decode: the budget holds none, or a waiting request interrupted SAM (counted)."""
+        if not self._may_redecode():
+            return None
         start = time.perf_counter()
         state = self._state if self._state is not None else self.lisa.image_state(image)
         try:
             logits, scores = self.lisa.redecode(state, self.prompt, should_yield=self._should_yield)
         except Yielded:
             self.yielded += 1
-            raise
+            return None
         self.last_redecode, self.redecode_cost = self.clock(), time.perf_counter() - start
         return logits[0].cpu().numpy() > 0, float(scores[0])
 
