@@ -4,6 +4,7 @@ import random
 
 import cv2
 import numpy as np
+import pytest
 
 from training.data.reasonseg import ReasonSeg, mask_from_shapes
 from training.data.scannet import ScanNetFrames
@@ -39,6 +40,21 @@ def test_a_class_is_not_one_colour():
             means.setdefault(name, []).append(room.image[mask].mean(0))
     for name in ("chair", "table", "sink", "bed", "door"):
         assert np.std(means[name], axis=0).max() > 20, name
+
+
+def test_plain_rooms_are_the_benchmarks_one_colour_per_class_rooms(tmp_path):
+    from training.data.rooms import PLAIN_COLOURS
+
+    for seed in range(20):
+        room = draw_room(random.Random(seed), style="plain")
+        assert room.image.shape == (96, 128, 3) and 1 <= len(room.masks) <= 3 and room.wall_colour in WALL_COLOURS
+        for name, mask in room.masks.items():  # each class in its one colour, its mask exactly its label, one instance
+            assert (room.image[mask] == PLAIN_COLOURS[name]).all()
+            assert np.array_equal(mask, room.labels == LABELS.index(name)) and len(np.unique(room.instances[mask])) == 1
+    items = list(reasonseg_val_items(write_reasonseg_split(tmp_path / "val", 3, seed=5, style="plain")))
+    assert len(items) == 3 and all(target.shape == (96, 128) and (target == 1).sum() >= 50 for *_, target in items)
+    with pytest.raises(ValueError, match="cartoon"):
+        draw_room(random.Random(0), style="cartoon")
 
 
 def test_polygons_give_back_the_exact_masks():

@@ -381,10 +381,15 @@ def place(rng, name: str, s: float, width: int, taken: list[tuple[float, float]]
 
 
 def draw_room(rng: random.Random, height: int = 192, width: int = 256, targets=(2, 4), distractors=(1, 3),
-              include: tuple[str, ...] = (), twice: tuple[str, ...] = ()) -> Room:
+              include: tuple[str, ...] = (), twice: tuple[str, ...] = (), style: str = "rich") -> Room:
     """A room with ``targets`` (a (min, max) count) distinct target classes, ``include`` among them, and
     ``distractors`` distractors; each class of ``twice`` (among ``include``) is drawn a second time, a look-alike
-    (its own instance id, its own colours)."""
+    (its own instance id, its own colours). ``style`` "plain" draws the learning benchmark's rooms instead
+    (``draw_plain_room``: the other arguments do not apply)."""
+    if style == "plain":
+        return draw_plain_room(rng)
+    if style != "rich":
+        raise ValueError(f"unknown room style {style!r} (rich, plain)")
     c = Canvas(rng, height, width)
     horizon = int(height * rng.uniform(0.45, 0.6))
     wall_colour = rng.choice(sorted(WALL_COLOURS))
@@ -423,3 +428,54 @@ def draw_room(rng: random.Random, height: int = 192, width: int = 256, targets=(
         return draw_room(rng, height, width, targets, distractors, include, twice)
     return Room(image.astype(np.uint8), labels, c.instances, masks, wall_colour,
                 [n for n in extra if (labels == LABELS.index(n)).any()])
+
+
+# The learning benchmark's rooms (bench/bench_training.py; its runs since 2026-11-26): seven classes, each in one
+# colour (RGB) and a simple shape, on a flat wall and floor. Colour tells the classes apart, so a 64-wide random LISA
+# learns them within 15 CPU-minutes; the rich rooms above take the embedded model's hours.
+PLAIN_COLOURS = {"sink": (240, 235, 235), "table": (120, 70, 40), "chair": (60, 140, 60), "bed": (160, 80, 160),
+                 "window": (150, 200, 230), "door": (180, 100, 30), "lamp": (240, 220, 40)}
+
+
+def plain_shape(name: str, layer: np.ndarray, x: int, y: int, w: int, h: int) -> None:
+    if name in ("sink", "lamp"):
+        cv2.ellipse(layer, (x + w // 2, y + h // 2), (w // 2, h // 3), 0, 0, 360, 1, -1)
+    elif name == "table":  # a top on two legs
+        for x0, y0, x1, y1 in ((x, y, x + w, y + h // 4), (x, y, x + w // 8, y + h), (x + w - w // 8, y, x + w, y + h)):
+            cv2.rectangle(layer, (x0, y0), (x1, y1), 1, -1)
+    elif name == "chair":  # a back and a seat
+        cv2.rectangle(layer, (x, y), (x + w // 4, y + h), 1, -1)
+        cv2.rectangle(layer, (x, y + h // 2), (x + w, y + h // 2 + h // 5), 1, -1)
+    else:
+        cv2.rectangle(layer, (x, y), (x + w, y + h), 1, -1)
+
+
+def draw_plain_room(rng: random.Random, height: int = 96, width: int = 128, n_objects: int = 3,
+                    tries: int = 30) -> Room:
+    """A plain room: up to ``n_objects`` of ``PLAIN_COLOURS``' classes at random places that do not touch."""
+    wall = [rng.randint(150, 215) for _ in range(3)]
+    horizon = rng.randint(height // 2, 3 * height // 4)
+    floor = [rng.randint(70, 130) for _ in range(3)]
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:horizon], image[horizon:] = wall, floor
+    labels = np.full((height, width), LABELS.index("wall"), np.int32)
+    labels[horizon:] = LABELS.index("floor")
+    instances = np.zeros((height, width), np.uint8)
+    taken = np.zeros((height, width), np.uint8)
+    for k, name in enumerate(rng.sample(sorted(PLAIN_COLOURS), n_objects)):
+        for _ in range(tries):
+            layer = np.zeros((height, width), np.uint8)
+            w, h = rng.randint(width // 6, width // 3), rng.randint(height // 6, height // 3)
+            plain_shape(name, layer, rng.randint(0, width - w), rng.randint(0, height - h), w, h)
+            if not (layer & taken).any():
+                break
+        else:
+            continue
+        region = layer.astype(bool)
+        image[region], labels[region], instances[region] = PLAIN_COLOURS[name], LABELS.index(name), k + 1
+        taken |= cv2.dilate(layer, np.ones((5, 5), np.uint8))  # a gap between objects keeps their outlines apart
+    masks = {name: labels == LABELS.index(name) for name in PLAIN_COLOURS if (labels == LABELS.index(name)).any()}
+    if not masks:
+        return draw_plain_room(rng, height, width, n_objects, tries)
+    nearest_wall = min(WALL_COLOURS, key=lambda n: sum((a - b) ** 2 for a, b in zip(WALL_COLOURS[n], wall)))
+    return Room(image, labels, instances, masks, nearest_wall)
