@@ -124,6 +124,10 @@ def main(argv=None) -> None:
     parser.add_argument("--clip-patch", type=int, default=224)
     parser.add_argument("--vocab", type=int, default=800)
     parser.add_argument("--llm-width", type=int, default=192, help="the tiny LLaMA's hidden size (its MLP: twice that)")
+    parser.add_argument("--sam-width", type=int, default=32, help="the tiny SAM image encoder's width")
+    parser.add_argument("--sam-depth", type=int, default=2, help="the tiny SAM image encoder's blocks")
+    parser.add_argument("--train-sam-encoder", action="store_true",
+                        help="train SAM's image encoder too (the paper freezes it; the embedded model's configs train it)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (0: the committed runs)")
     parser.add_argument("--seed", type=int, default=0, help="random init, training rooms and data order")
     parser.add_argument("--targets", type=int, nargs=2, default=(2, 4), metavar=("MIN", "MAX"),
@@ -141,7 +145,8 @@ def main(argv=None) -> None:
              else {"targets": tuple(args.targets), "distractors": tuple(args.distractors)})
     with tempfile.TemporaryDirectory() as tmp:
         model = make_tiny(Path(tmp) / "tiny", seed=args.seed, clip_patch_size=args.clip_patch, vocab_size=args.vocab,
-                          llm={"hidden_size": args.llm_width, "intermediate_size": 2 * args.llm_width})
+                          llm={"hidden_size": args.llm_width, "intermediate_size": 2 * args.llm_width},
+                          sam={"embed_dim": args.sam_width, "depth": args.sam_depth})
         data = Path(tmp) / "dataset"
         write_scannet_scenes(data / "scannet", args.scenes, frames=50, seed=args.seed, **rooms)
         write_reasonseg_split(data / "reason_seg" / "ReasonSeg" / "val", args.val, seed=12345, **rooms)
@@ -152,6 +157,7 @@ def main(argv=None) -> None:
             epochs=1, steps_per_epoch=args.max_steps, warmup_steps=20, eval_every=args.eval_every,
             checkpoint_every=args.eval_every, lr=args.lr, ce_weight=args.ce_weight, seed=args.seed,
             workers=args.workers, dataset_dir=str(data),
+            **({"trainable": [*TrainConfig().trainable, "image_encoder"]} if args.train_sam_encoder else {}),
             datasets={"scannet": {"label_set": "nyu40", "frame_step": 1, "min_pixels": 50,
                                   "classes_per_sample": args.classes_per_sample, "reason_rate": 0.5,
                                   **({"answers": "named", "followup_rate": 0.35,
@@ -171,7 +177,7 @@ def main(argv=None) -> None:
             summary["chat"] = chat_on_best(run, args.chat_rooms, **rooms)
         summary["rooms"] = rooms
         summary["tiny_model"] = {"clip_patch_size": args.clip_patch, "vocab_size": args.vocab, "seed": args.seed,
-                                 "llm_width": args.llm_width}
+                                 "llm_width": args.llm_width, "sam_width": args.sam_width, "sam_depth": args.sam_depth}
         summary["config"] = {k: v for k, v in vars(config).items() if k not in ("model", "output_dir", "dataset_dir")}
     (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     print(f"best held-out gIoU {summary['best']['giou']:.3f} (cIoU {summary['best']['ciou']:.3f}) at step "

@@ -195,11 +195,14 @@ class LisaForCausalLM(LlamaForCausalLM):
         parts = [embed(ids[:i]), image_features.to(embed.weight.dtype), embed(ids[i + 1:])]
         return torch.cat(parts, 0).unsqueeze(0)
 
-    @torch.no_grad()
     def encode_sam(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, S, S]`` (normalised, padded) → ``[B, 256, S/16, S/16]``."""
+        """``[B, 3, S, S]`` (normalised, padded) → ``[B, 256, S/16, S/16]``. No gradient unless the encoder's weights
+        are being trained (the paper freezes it, as the reference's ``get_visual_embs``; a training config may list
+        ``image_encoder``)."""
         encoder = self.sam.image_encoder
-        return encoder(pixels.to(encoder.patch_embed.proj.weight.device, encoder.patch_embed.proj.weight.dtype))
+        weight = encoder.patch_embed.proj.weight
+        with torch.set_grad_enabled(torch.is_grad_enabled() and weight.requires_grad):
+            return encoder(pixels.to(weight.device, weight.dtype))
 
     def seg_prompts(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[n, H]`` final-norm hidden states → ``[n, 256]`` SAM prompt embeddings."""

@@ -140,6 +140,25 @@ def test_forward_batch_returns_the_language_model_s_logits_beside_the_masks(tiny
     assert next_token_accuracy(out["logits"], out["labels"])[1] > 0
 
 
+def test_sam_image_encoder_gets_gradients_only_when_trained(tiny_lisa):
+    """The paper freezes SAM's image encoder: no gradient reaches it. A config listing ``image_encoder`` trains it
+    (the embedded model's did not, before this was fixed: the encoder ran under no_grad whatever the config)."""
+    image = np.random.default_rng(0).integers(0, 255, (32, 40, 3), dtype=np.uint8)
+    batch = model_batch(tiny_lisa, [Sample(image, [[("Where is the sink?", "Sure, it is [SEG].")]],
+                                           np.ones((1, 32, 40), np.float32))])
+    encoder = tiny_lisa.model.sam.image_encoder
+    weight, was = encoder.patch_embed.proj.weight, encoder.patch_embed.proj.weight.requires_grad
+    try:
+        for trained in (False, True):
+            encoder.requires_grad_(trained)
+            tiny_lisa.model.zero_grad(set_to_none=True)
+            batch_loss(tiny_lisa.model, batch, tiny_lisa.tokenizer.seg_token_id)["loss"].backward()
+            assert (weight.grad is not None and bool(weight.grad.abs().sum() > 0)) == trained
+    finally:
+        encoder.requires_grad_(was)
+        tiny_lisa.model.zero_grad(set_to_none=True)
+
+
 def test_seg_without_target_masks_is_refused(tiny_lisa):
     image = np.full((32, 40, 3), 60, np.uint8)
     unlabelled = Sample(image, [[("Where is the sink?", "Sure, it is [SEG].")]], np.zeros((0, 32, 40), np.float32))
