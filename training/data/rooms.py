@@ -431,7 +431,7 @@ def draw_room(rng: random.Random, height: int = 192, width: int = 256, targets=(
 
 
 # The learning benchmark's rooms (bench/bench_training.py; its runs since 2026-11-26): seven classes, each in one
-# colour (RGB) and a simple shape, on a flat wall and floor. Colour tells the classes apart, so a 64-wide random LISA
+# colour (RGB) and a simple shape, on a flat wall and floor. Colour tells the classes apart, so a tiny random LISA
 # learns them within 15 CPU-minutes; the rich rooms above take the embedded model's hours.
 PLAIN_COLOURS = {"sink": (240, 235, 235), "table": (120, 70, 40), "chair": (60, 140, 60), "bed": (160, 80, 160),
                  "window": (150, 200, 230), "door": (180, 100, 30), "lamp": (240, 220, 40)}
