@@ -2,19 +2,22 @@
 language model. Tiers, cheapest first, chosen per frame:
 
 1. ``flow``: the last mask carried to the new frame by sparse optical flow (OpenCV's pyramidal Lucas–Kanade on
-   corners inside the mask, forward–backward checked, a RANSAC similarity transform; a few ms at 640×480);
-2. ``redecode``: when the carried mask's confidence drops, while it or the last mask touches the frame's edge (the
-   target is entering or leaving the view: the flow can move a mask, not grow it), on every frame after a re-decode
-   that disagreed or saw only part of the target (something in front of it), and at least every ``redecode_s``:
-   SAM's mask decoder run again with the answer's stored ``[SEG]`` prompt embedding on the new frame's SAM embedding
-   (the image encoder once per frame, no LLM); of its mask, the parts connected to the carried one or to the target
-   as last seen whole are kept (the same target, both sides of whatever is in front of it, not a look-alike
-   elsewhere in the view);
-3. ``lost``: the re-decoded mask is empty, disjoint from where the target was or a speck far smaller than it for
-   ``lost_after`` consecutive re-decodes — or at once when the target was at the frame's edge and the flow carries
-   it out of view (it left: more re-decodes would only delay the news); a caller may then ask the question again
-   (the node's ``follow_requery``). While lost, every frame is re-decoded, and the target is re-acquired on a mask
-   of about its size whose colours look like it.
+   corners inside the mask, forward–backward checked, a RANSAC similarity transform; a few ms at 640×480). At the
+   frame's edge, where the flow can move a mask but not grow it, the mask is the target as last seen whole carried
+   by the motion (the target's own, or the camera's: the same fit over the whole frame): the part coming into view
+   appears, the part leaving goes;
+2. ``redecode``: when the carried mask's confidence drops, on every frame after a re-decode that disagreed or saw
+   only part of the target (something in front of it), and at least every ``redecode_s``: SAM's mask decoder run
+   again with the answer's stored ``[SEG]`` prompt embedding on the new frame's SAM embedding (the image encoder once
+   per frame, no LLM); of its mask, the parts connected to the carried one or to the target as last seen whole are
+   kept (the same target, both sides of whatever is in front of it, not a look-alike elsewhere in the view);
+3. ``lost``: at once when the motion carries the whole target out of the view — it is then moved with the camera
+   out there, and followed again (tier 1) when the camera brings it back into view, without SAM; or when the
+   re-decoded mask is empty, disjoint from where the target was or a speck far smaller than it for ``lost_after``
+   consecutive re-decodes (or at once when the target was at the frame's edge and SAM sees nothing of it there). A
+   caller may then ask the question again (the node's ``follow_requery``). While lost and not known to be out of
+   view, every frame is re-decoded, and the target is re-acquired on a mask of about its size whose colours look
+   like it.
 
 Every update says which tier produced it and its confidence (0–1). ``FollowRun`` runs a follow inside a server (the
 ROS node): updates as idle-time work on its inference queue, frames dropped rather than queued, re-queries.
@@ -49,9 +52,9 @@ class FollowConfig:
     partial_share: float = 0.75  # a re-decode seeing less than this share of the target's known size sees part of it
     occluded_inside: float = 0.8  # ... and with this share of it inside where it was whole: the rest is hidden
     # compute per frame held at most this share of what the followed answer cost (asking again on every frame); a
-    # re-decode waits (the flow carries on) until the budget saved since holds one. 0: every re-decode wanted runs
-    # (the default: on the held-out sequences a budget of 0.1 costs a third of the mean IoU, bench/README.md)
-    budget_share: float = 0.0
+    # re-decode waits (the flow carries on) until the budget saved since holds one. 0: every re-decode wanted runs.
+    # A tenth: on the held-out sequences as good as asking again on every frame (bench/README.md)
+    budget_share: float = 0.1
     budget_burst: float = 3.0  # the budget saves up to this many re-decodes (for the frames leaving / entering)
 
 
@@ -94,8 +97,9 @@ class Follower:
         self.last_redecode = clock()
         self.failures = 0
         self.appearance = colour_histogram(image, self.mask)  # what the target looks like, to tell it from others
-        self.whole = self.mask  # the target when last seen whole (not hidden in part), moved with the flow
+        self._set_whole(self.mask)  # the target when last seen whole (not hidden in part), moved with the flow
         self.known_area = int(self.mask.sum())  # its size then, scaled with the flow's zoom
+        self.out_of_view = False  # lost because the motion carried it out of the view, where it is still tracked
         self.partial_since: float | None = None  # when re-decodes began to see less of it than its known size
         self.weights_version = lisa.weights_version  # the prompt belongs to these weights
         answer_cost = (answer.timings or {}).get("total", 0.0)
@@ -146,23 +150,52 @@ class Follower:
                 return
         elif update.confidence < 0.5:
             return
-        self.whole, self.known_area, self.partial_since = update.mask, update.area, None
+        self._set_whole(update.mask)
+        self.known_area, self.partial_since = update.area, None
+
+    def _set_whole(self, mask: np.ndarray) -> None:
+        """The target seen whole on this frame; ``_move_whole`` carries it on, out of the view and back included."""
+        self.whole_seen, self.whole_to_now, self.whole = mask, np.eye(2, 3), mask
+
+    def _move_whole(self, transform: np.ndarray) -> None:
+        """The target as last seen whole moved by this frame's motion (warped from where it was seen, through
+        every motion since, so a part carried out of the view comes back with the camera)."""
+        self.whole_to_now = then(self.whole_to_now, transform)
+        self.whole = warp(self.whole_seen, self.whole_to_now)
+        self.known_area = max(1, round(self.known_area * abs(np.linalg.det(transform[:, :2]))))
+
+    def _camera(self, grey: np.ndarray) -> tuple[np.ndarray | None, float]:
+        """The camera's motion since the last frame, or (None, 0) when too unsure to move the target by."""
+        transform, confidence = camera_motion(self.grey, grey, self.config.max_corners)
+        return (transform, confidence) if confidence >= self.config.min_flow_confidence else (None, 0.0)
 
     def _follow(self, image: np.ndarray, grey: np.ndarray) -> FollowUpdate:
         config = self.config
         transform, confidence = flow_transform(self.grey, grey, self.mask, config.max_corners)
         carried = warp(self.mask, transform)
         flow_ok = confidence >= config.min_flow_confidence and carried.sum() >= config.min_area
-        if flow_ok:
-            self.whole = warp(self.whole, transform)
-            self.known_area = max(1, round(self.known_area * abs(np.linalg.det(transform[:, :2]))))
-        at_edge = touches_border(carried) or touches_border(self.mask)  # entering / leaving: only SAM sees more
-        if (flow_ok and not self.failures and not at_edge and self.partial_since is None
+        motion, motion_confidence = (transform, confidence) if flow_ok else self._camera(grey)
+        if motion is not None:
+            self._move_whole(motion)
+        at_edge = touches_border(carried) or touches_border(self.mask)  # entering / leaving the view
+        # the flow can move a mask, not grow it: at the edge, the target as last seen whole (off the edge: all of
+        # it), where the motion puts it, shows the part coming into view, and drops the part gone out of it
+        projected = (at_edge and motion is not None and self.partial_since is None
+                     and not touches_border(self.whole_seen))
+        if projected:
+            carried, confidence, flow_ok = self.whole, motion_confidence, True
+            if carried.sum() < config.min_area:
+                return self._left_view(carried)
+            if carried.sum() < self.known_area / 4:  # too little of it in view for a re-decode to tell
+                return FollowUpdate(carried, FLOW, confidence, float("nan"), 0.0)
+        if ((projected or flow_ok and not at_edge) and not self.failures and self.partial_since is None
                 and self.clock() - self.last_redecode < config.redecode_s):
             self.unconfirmed = 0
             return FollowUpdate(carried, FLOW, confidence, float("nan"), 0.0)
         decoded = self._decode(image)
         if decoded is None:
+            if not flow_ok and motion is not None:  # the target's own corners failed: the camera's motion carries it
+                carried, confidence, flow_ok = warp(self.mask, motion), motion_confidence, True
             return self._flow_only(carried, confidence, flow_ok)
         mask, score = decoded
         near = carried if carried.sum() >= config.min_area else self.mask
@@ -183,6 +216,11 @@ class Follower:
             return (FollowUpdate(carried, FLOW, confidence / 2, score, 0.0) if flow_ok else
                     FollowUpdate(near, REDECODE, 0.0, score, 0.0))
         return FollowUpdate(np.zeros_like(mask), LOST, 0.0, score, 0.0)
+
+    def _left_view(self, empty: np.ndarray) -> FollowUpdate:
+        """The motion carried the whole target out of the view: lost at once, and tracked out there"""
+        self.failures, self.out_of_view = self.config.lost_after, True
+        return FollowUpdate(empty, LOST, 0.0, float("nan"), 0.0)
 
     def _flow_only(self, carried: np.ndarray, confidence: float, flow_ok: bool) -> FollowUpdate:
         """A re-decode was wanted but none ran (no budget, or a request came): the flow's mask. Lost when the flow carried it out of the
@@ -210,16 +248,27 @@ class Follower:
         return inside >= self.config.occluded_inside and area < self.config.partial_share * self.known_area
 
     def _reacquire(self, image: np.ndarray, grey: np.ndarray) -> FollowUpdate:
-        """While lost, every frame: re-acquired on a re-decode that looks like the target (``_plausible``). One is
-        enough: waiting for a second that agrees cost a frame on every return and, on the held-out sequences, kept
-        out no wrong one."""
+        """While lost: a target that left the view is moved with the camera until it comes back into view, where it
+        is followed again (no re-decode while it is out; the next re-decode is due at once and checks it). Otherwise,
+        or once the camera's motion is unsure, every frame is re-decoded, and the target re-acquired on one that looks
+        like it (``_plausible``). One is enough: waiting for a second that agrees cost a frame on every return and,
+        on the held-out sequences, kept out no wrong one."""
+        if self.out_of_view:
+            motion, confidence = self._camera(grey)
+            self.out_of_view = motion is not None
+            if self.out_of_view:
+                self._move_whole(motion)
+                if self.whole.sum() < self.config.min_area:
+                    return FollowUpdate(np.zeros_like(self.mask), LOST, 0.0, float("nan"), 0.0)
+                self.out_of_view, self.failures, self.unconfirmed = False, 0, 0
+                return FollowUpdate(self.whole, FLOW, confidence, float("nan"), 0.0)
         decoded = self._decode(image)
         if decoded is None:
             return FollowUpdate(np.zeros_like(self.mask), LOST, 0.0, float("nan"), 0.0)
         mask, score = decoded
         if self._plausible(image, mask):
             self.failures = self.unconfirmed = 0
-            self.whole = mask  # where it is now (its known size stays: it may be entering the view)
+            self._set_whole(mask)  # where it is now (its known size stays: it may be entering the view)
             return FollowUpdate(mask, REDECODE, 0.5, score, 0.0)
         return FollowUpdate(np.zeros_like(mask), LOST, 0.0, score, 0.0)
 
@@ -274,25 +323,55 @@ def flow_transform(previous: np.ndarray, current: np.ndarray, mask: np.ndarray, 
                    ) -> tuple[np.ndarray | None, float]:
     """How the part of grey frame ``previous`` under ``mask`` moved on ``current``: (2×3 similarity transform or
     None, confidence 0–1). Corners inside the mask (and a rim around it, for texture at the object's edge) are
-    tracked with pyramidal LK, checked backwards, and a similarity transform (shift, rotation, scale) is fitted with
-    RANSAC; confidence is the share of tracked corners that agree with it, scaled down when few corners were found."""
+    tracked (``track_similarity``); confidence is the share of them that agree with the transform, scaled down when
+    few were tracked."""
     if mask.sum() == 0:
         return None, 0.0
     region = cv2.dilate(mask.astype(np.uint8), np.ones((7, 7), np.uint8))
     corners = cv2.goodFeaturesToTrack(previous, max_corners, 0.01, 4, mask=region, blockSize=5)
-    if corners is None or len(corners) < 6:
+    transform, agreeing, tracked = track_similarity(previous, current, corners)
+    return transform, agreeing / len(corners) * min(1.0, tracked / 20) if transform is not None else 0.0
+
+
+def camera_motion(previous: np.ndarray, current: np.ndarray, max_corners: int = 150,
+                  ) -> tuple[np.ndarray | None, float]:
+    """How the whole view moved from grey frame ``previous`` to ``current`` (the camera's own motion, where most of
+    what it sees stands still): a similarity transform fitted to corners over the whole frame, at half resolution
+    (a few ms at 640×480). Things moving on their own (someone walking by) are RANSAC's outliers, so the confidence
+    is not their share but whether enough corners agree: 1 from 20 on."""
+    small = cv2.pyrDown(previous)
+    corners = cv2.goodFeaturesToTrack(small, max_corners, 0.01, 4, blockSize=5)
+    transform, agreeing, _ = track_similarity(small, cv2.pyrDown(current), corners)
+    if transform is None:
         return None, 0.0
+    transform = transform.copy()
+    transform[:, 2] *= 2  # back to full-resolution pixels (the rotation and scale part is the same)
+    return transform, min(1.0, agreeing / 20)
+
+
+def track_similarity(previous: np.ndarray, current: np.ndarray, corners: np.ndarray | None,
+                     ) -> tuple[np.ndarray | None, int, int]:
+    """``corners`` of grey frame ``previous`` tracked on ``current`` with pyramidal LK, checked backwards, and a
+    similarity transform (shift, rotation, scale) fitted with RANSAC: (2×3 transform or None, how many corners
+    agree with it, how many were tracked)."""
+    if corners is None or len(corners) < 6:
+        return None, 0, 0
     params = dict(winSize=(15, 15), maxLevel=3, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03))
     moved, ok, _ = cv2.calcOpticalFlowPyrLK(previous, current, corners, None, **params)
     back, ok_back, _ = cv2.calcOpticalFlowPyrLK(current, previous, moved, None, **params)
     good = (ok[:, 0] == 1) & (ok_back[:, 0] == 1) & (np.linalg.norm((back - corners)[:, 0], axis=1) < 1.0)
     if good.sum() < 6:
-        return None, 0.0
+        return None, 0, int(good.sum())
     transform, inliers = cv2.estimateAffinePartial2D(corners[good], moved[good], method=cv2.RANSAC,
                                                      ransacReprojThreshold=2.0)
     if transform is None:
-        return None, 0.0
-    return transform, float(inliers.sum()) / len(corners) * min(1.0, good.sum() / 20)
+        return None, 0, int(good.sum())
+    return transform, int(inliers.sum()), int(good.sum())
+
+
+def then(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """The 2×3 transform doing ``first``, then ``second``."""
+    return second[:, :2] @ first + np.hstack([np.zeros((2, 2)), second[:, 2:]])
 
 
 def warp(mask: np.ndarray, transform: np.ndarray | None) -> np.ndarray:
@@ -337,7 +416,9 @@ class FollowOptions:
 
     rate_hz: float = 15.0  # most updates per second (0: one per new camera frame)
     duration_s: float = 0.0  # end after this long (0: until stopped)
-    requery_every_s: float | None = None  # while lost, ask the question again at most this often (None: never)
+    # while lost, ask the question again at most this often (None: never); not while the target is known to be out
+    # of the view (carried there by the camera's motion)
+    requery_every_s: float | None = None
 
 
 class FollowRun:
@@ -430,8 +511,8 @@ class FollowRun:
     def _ask_again(self, frame: Frame, state: ImageState) -> FollowUpdate | None:
         """While lost, at most every ``requery_every_s``: a new answer on this frame → its first mask, followed."""
         every = self.options.requery_every_s
-        if every is None or self.clock() - self._last_requery < every:
-            return None
+        if every is None or self.clock() - self._last_requery < every or self.follower.out_of_view:
+            return None  # (out of view: the camera's motion will bring it back; asked now, another would answer)
         self._last_requery = self.clock()
         start = time.perf_counter()
         try:

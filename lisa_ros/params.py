@@ -60,8 +60,8 @@ PARAMETERS = (
     Param("follow_rate_hz", 15.0, "most updates per second of a follow whose goal gives no rate (0: every camera "
           "frame); frames that come while an update runs are dropped, never queued"),
     Param("follow_redecode_s", 1.0, "a follow re-decodes its stored [SEG] prompt with SAM at least this often "
-          "(more often when the optical flow is unsure or the target is at the frame's edge)"),
-    Param("follow_budget_share", 0.0, "a follow's compute per frame is held at most this share of what its answer "
+          "(more often when the optical flow is unsure or something hides part of the target), budget permitting"),
+    Param("follow_budget_share", 0.1, "a follow's compute per frame is held at most this share of what its answer "
           "cost (asking again on every frame): SAM re-decodes wait, the optical flow carries on; 0: no limit"),
     Param("follow_requery", False, "when a followed target is lost, ask its question again on the newest frame (in "
           "the same session) and follow the new answer; a goal can also ask for this"),

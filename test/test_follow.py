@@ -252,3 +252,74 @@ def test_a_re_decode_yields_to_waiting_work_and_the_flow_carries_that_frame(tiny
     waiting = follower.update(image, should_yield=lambda: True)  # a re-decode is due (redecode_s 0)
     assert waiting.tier == FLOW and np.array_equal(waiting.mask, box) and follower.yielded == 1 and sam.calls == 0
     assert follower.update(image).tier == "redecode" and sam.calls == 1
+
+
+def test_camera_motion_is_the_whole_view_s_shift_not_a_thing_moving_on_its_own():
+    from lisa_core.follow import camera_motion
+
+    grey = textured(seed=3)
+    moved = shifted(grey, -9, 5)
+    moved[40:100, 150:200] = shifted(grey, 20, 0)[40:100, 150:200]  # someone walking the other way
+    transform, confidence = camera_motion(grey, moved)
+    assert np.allclose(transform[:, 2], [-9, 5], atol=0.5) and np.allclose(transform[:, :2], np.eye(2), atol=0.01)
+    assert confidence > 0.6
+    assert camera_motion(grey, textured(seed=4))[1] < 0.5
+
+
+def panning_away_and_back(sam_masks=()):
+    """A camera panning right over a textured world until the target has left the view, then back: (frames, the
+    target's mask on each, a follower of it from the first frame whose SAM answers ``sam_masks``, that SAM)."""
+    import torch
+    from types import SimpleNamespace
+
+    world = np.dstack([textured(192, 520, seed=s) for s in range(3)])
+    target = np.zeros(world.shape[:2], bool)
+    target[60:130, 20:90] = True
+    pans = [0, 12, 24, 36, 48, 60, 72, 84, 96, 108, 96, 84, 72, 60, 48, 36]
+    frames = [world[:, x: x + 256] for x in pans]
+    truth = [target[:, x: x + 256] for x in pans]
+    sam = ScriptedSam(sam_masks)
+    answer = SimpleNamespace(masks=[truth[0]], seg_prompts=torch.zeros(1, 256), timings={})
+    follower = Follower(sam, answer, frames[0], config=FollowConfig(redecode_s=1e9), clock=lambda: 0.0)
+    return frames, truth, follower, sam
+
+
+def test_a_target_carried_out_of_the_view_by_the_camera_is_lost_then_followed_again_when_it_comes_back():
+    """While the target leaves the view and comes back, the mask is the target as last seen whole, moved with the
+    camera (the flow alone could only shrink it); ``lost`` on the first frame nothing of it is in view; no SAM
+    re-decode is needed for any of it (``redecode_s`` far away; the scripted SAM has no answer to give)."""
+    frames, truth, follower, sam = panning_away_and_back()
+    updates = [follower.update(frame) for frame in frames[1:]]
+    gone = [k for k, t in enumerate(truth[1:]) if t.sum() < 30]
+    assert [k for k, u in enumerate(updates) if u.lost] == gone and sam.calls == 0, [u.tier for u in updates]
+    for u, t in zip(updates, truth[1:]):
+        if t.sum() >= 30:
+            assert u.tier == FLOW and overlap(u.mask, t) > 0.9, (overlap(u.mask, t), t.sum())
+
+
+def test_a_follow_asks_again_while_lost_but_not_while_the_camera_has_the_target_out_of_view():
+    """``FollowRun`` with re-queries on: while the camera's motion has the target out of view, asking again would
+    only find another (or nothing); once that motion is unsure (a frame with nothing in common) and SAM finds nothing,
+    the question is asked again."""
+    from types import SimpleNamespace
+
+    from lisa_core.follow import FollowOptions, FollowRun
+    from lisa_core.serving import InferenceQueue, LatestFrame
+
+    frames, truth, follower, sam = panning_away_and_back([np.zeros((192, 256), bool)] * 3)
+    asked, latest = [], LatestFrame()
+
+    def requery(frame, state):
+        asked.append(frame)
+        raise ValueError("no answer in this test")
+
+    run = FollowRun(follower, InferenceQueue(), latest, lambda frame: SimpleNamespace(image=frame.raw),
+                    on_update=lambda update, frame: None, on_end=lambda reason: None,
+                    options=FollowOptions(rate_hz=0, requery_every_s=0.0), requery=requery)
+    for frame in frames[1:10]:  # out of view from the 8th frame on
+        latest.put(frame, None)
+        run._step()
+    assert run.last.lost and follower.out_of_view and not asked and sam.calls == 0
+    latest.put(np.dstack([textured(seed=9)] * 3), None)  # nothing in common: where it went is unknown
+    run._step()
+    assert run.last.lost and not follower.out_of_view and sam.calls == 1 and len(asked) == 1
