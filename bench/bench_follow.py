@@ -138,7 +138,7 @@ def costs_at_640x480(lisa: Lisa, name: str, no_mid: bool) -> dict:
 def mid_budget_here(lisa: Lisa, mid: dict) -> float:
     """The ``budget_share`` that lets ``lisa`` re-decode the share of frames a budget of ``BUDGET`` buys the mid-size
     config (costs ``mid``), at the sequences' frame size."""
-    share = BUDGET * mid["ask_again_s"] / mid["redecode_s"]
+    share = (BUDGET * mid["ask_again_s"] - mid["flow_s"]) / mid["redecode_s"]
     seq = make_sequence(room_seed(HELD_OUT, 2001), "sink", frames=12)
     here = tier_costs(lisa, seq.frames, lambda frame: lisa.chat(frame, TARGETS["sink"][1][0], max_new_tokens=24), 5)
     return share * here["redecode_s"] / here["ask_again_s"]
@@ -147,8 +147,8 @@ def mid_budget_here(lisa: Lisa, mid: dict) -> float:
 def scheduled(costs: dict, redecoded: float, budget_share: float = 0.0) -> tuple[float, float]:
     """(compute per frame, share of frames re-decoded) of a follower that re-decodes ``redecoded`` of the frames (the
     flow runs on every one), at most what ``budget_share`` of asking again allows."""
-    if budget_share:
-        redecoded = min(redecoded, budget_share * costs["ask_again_s"] / costs["redecode_s"])
+    if budget_share:  # the follower's budget pays for the flow too
+        redecoded = min(redecoded, (budget_share * costs["ask_again_s"] - costs["flow_s"]) / costs["redecode_s"])
     return costs["flow_s"] + redecoded * costs["redecode_s"], redecoded
 
 
