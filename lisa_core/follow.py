@@ -53,7 +53,7 @@ class FollowConfig:
     occluded_inside: float = 0.8  # ... and with this share of it inside where it was whole: the rest is hidden
     # compute per frame held at most this share of what the followed answer cost (asking again on every frame); a
     # re-decode waits (the flow carries on) until the budget saved since holds one. 0: every re-decode wanted runs.
-    # A tenth: on the held-out sequences as good as asking again on every frame (bench/README.md)
+    # A tenth: on the held-out sequences 0.02 IoU below asking again on every frame (bench/README.md)
     budget_share: float = 0.1
     budget_burst: float = 3.0  # the budget saves up to this many re-decodes (for the frames leaving / entering)
 
