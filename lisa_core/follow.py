@@ -218,7 +218,7 @@ class Follower:
         return FollowUpdate(np.zeros_like(mask), LOST, 0.0, score, 0.0)
 
     def _left_view(self, empty: np.ndarray) -> FollowUpdate:
-        """The motion carried the whole target out of the view: lost at once, and tracked out there"""
+        """The motion carried the whole target out of the view: lost at once, and tracked out there."""
         self.failures, self.out_of_view = self.config.lost_after, True
         return FollowUpdate(empty, LOST, 0.0, float("nan"), 0.0)
 
