@@ -185,7 +185,7 @@ class Follower:
         if projected:
             carried, confidence, flow_ok = self.whole, motion_confidence, True
             if carried.sum() < config.min_area:
-                return self._left_view(carried)
+                return self._left_view()
             if carried.sum() < self.known_area / 4:  # too little of it in view for a re-decode to tell
                 return FollowUpdate(carried, FLOW, confidence, float("nan"), 0.0)
         if ((projected or flow_ok and not at_edge) and not self.failures and self.partial_since is None
@@ -217,10 +217,11 @@ class Follower:
                     FollowUpdate(near, REDECODE, 0.0, score, 0.0))
         return FollowUpdate(np.zeros_like(mask), LOST, 0.0, score, 0.0)
 
-    def _left_view(self, empty: np.ndarray) -> FollowUpdate:
-        """The motion carried the whole target out of the view: lost at once, and tracked out there."""
+    def _left_view(self) -> FollowUpdate:
+        """The motion carried the whole target out of the view: lost at once (an empty mask, not the few pixels
+        of it the motion may leave at the edge), and tracked out there."""
         self.failures, self.out_of_view = self.config.lost_after, True
-        return FollowUpdate(empty, LOST, 0.0, float("nan"), 0.0)
+        return FollowUpdate(np.zeros_like(self.mask), LOST, 0.0, float("nan"), 0.0)
 
     def _flow_only(self, carried: np.ndarray, confidence: float, flow_ok: bool) -> FollowUpdate:
         """A re-decode was wanted but none ran (no budget, or a request came): the flow's mask. Lost when the flow carried it out of the
@@ -255,11 +256,12 @@ class Follower:
         on the held-out sequences, kept out no wrong one."""
         if self.out_of_view:
             motion, confidence = self._camera(grey)
-            self.out_of_view = motion is not None
-            if self.out_of_view:
+            if motion is None:
+                self.out_of_view = False  # where it went is no longer known: SAM looks for it from now on
+            else:
                 self._move_whole(motion)
                 if self.whole.sum() < self.config.min_area:
-                    return FollowUpdate(np.zeros_like(self.mask), LOST, 0.0, float("nan"), 0.0)
+                    return self._left_view()
                 self.out_of_view, self.failures, self.unconfirmed = False, 0, 0
                 return FollowUpdate(self.whole, FLOW, confidence, float("nan"), 0.0)
         decoded = self._decode(image)

@@ -292,6 +292,7 @@ def test_a_target_carried_out_of_the_view_by_the_camera_is_lost_then_followed_ag
     updates = [follower.update(frame) for frame in frames[1:]]
     gone = [k for k, t in enumerate(truth[1:]) if t.sum() < 30]
     assert [k for k, u in enumerate(updates) if u.lost] == gone and sam.calls == 0, [u.tier for u in updates]
+    assert all(u.area == 0 for u in updates if u.lost), "a lost update's mask is empty"
     for u, t in zip(updates, truth[1:]):
         if t.sum() >= 30:
             assert u.tier == FLOW and overlap(u.mask, t) > 0.9, (overlap(u.mask, t), t.sum())
