@@ -192,8 +192,11 @@ def test_sigterm_stops_after_a_checkpoint_and_resumes(tiny_ckpt, tmp_path, monke
     assert [r["step"] for r in read_rows(run)] == ["1", "2", "3"] and read_rows(run)[-1]["giou"] == ""
     assert signal.getsignal(signal.SIGTERM) is original
     monkeypatch.undo()
+    seconds_at_stop = float(read_rows(run)[-1]["seconds"])
     resumed = train(config(tiny_ckpt, run, eval_every=5), max_steps=6)
     assert resumed["step"] == 6 and resumed["samples_seen"] == 24
+    seconds = [float(r["seconds"]) for r in read_rows(run)]
+    assert seconds == sorted(seconds) and seconds[3] > seconds_at_stop  # the clock goes on across the resume
 
 
 def test_sigterm_to_the_data_workers_too_still_stops_cleanly(tiny_ckpt, tmp_path, monkeypatch):
@@ -237,6 +240,8 @@ def test_model_card_lists_every_training_stage_in_order(tmp_path):
             writer.writeheader()
             writer.writerow({"step": steps // 2, "samples": 2 * steps, "seconds": 60.0, "giou": giou - 0.1})
             writer.writerow({"step": steps, "samples": 4 * steps, "seconds": 120.0 * stage, "giou": giou})
+            if stage == 1:  # resumed by an older lisa-train, whose clock restarted: 120 s + 100 s more
+                writer.writerow({"step": steps + 1, "samples": 4 * steps + 4, "seconds": 100.0, "giou": ""})
         runs.append(run)
     model = tmp_path / "model"
     model.mkdir()
@@ -244,6 +249,6 @@ def test_model_card_lists_every_training_stage_in_order(tmp_path):
     card = write_card(runs, model).read_text()
     first, second = card.index("### Stage 1"), card.index("### Stage 2")
     assert first < second
-    assert "From `init`: 40 optimizer steps, 160 samples, 2 min" in card[first:second]
+    assert "From `init`: 41 optimizer steps, 164 samples, 4 min" in card[first:second]  # 220 s
     assert "From `stage1`: 20 optimizer steps, 80 samples, 4 min" in card[second:]
     assert "exported: step 20 (val gIoU 0.500)" in card[second:] and "1 scenes, 1 rooms" in card

@@ -24,8 +24,20 @@ def run_facts(run: Path) -> dict:
     evals = [r for r in rows if r.get("giou")]
     best = max(evals, key=lambda r: float(r["giou"])) if evals else None
     return {"steps": int(rows[-1]["step"]), "samples": int(rows[-1]["samples"]),
-            "wall_s": float(rows[-1]["seconds"]), "evals": [(int(r["step"]), float(r["giou"])) for r in evals],
+            "wall_s": wall_seconds(rows), "evals": [(int(r["step"]), float(r["giou"])) for r in evals],
             "best": (int(best["step"]), float(best["giou"])) if best else None}
+
+
+def wall_seconds(rows: list[dict]) -> float:
+    """Training time of a run's kept steps. Runs resumed by older lisa-train versions restart "seconds" at each
+    resume: each such drop closes a segment whose time is added."""
+    total, previous = 0.0, 0.0
+    for row in rows:
+        seconds = float(row["seconds"])
+        if seconds < previous:
+            total += previous
+        previous = seconds
+    return total + previous
 
 
 def data_facts(dataset_dir: Path) -> tuple[int, int]:

@@ -338,6 +338,7 @@ def _train(config: TrainConfig, max_steps: int | None, deadline: float | None, s
     fields = ["step", "samples", "lr", "loss", "ce", "bce", "dice", "giou", "ciou", "seconds"]
     rows = list(csv.DictReader(metrics_file.open())) if metrics_file.is_file() and samples_seen else []
     rows = [r for r in rows if int(r["step"]) <= engine.global_steps]
+    seconds_before = float(rows[-1]["seconds"]) if rows else 0.0  # "seconds" counts across resumes
     last_steps = min(config.total_steps, max_steps or config.total_steps)
     bar = tqdm(total=last_steps, initial=engine.global_steps, desc="training", unit="step", disable=None)
     start, running, skipped = time.time(), [], defaultdict(Counter)
@@ -364,7 +365,7 @@ def _train(config: TrainConfig, max_steps: int | None, deadline: float | None, s
         if stopping or (deadline is not None and time.time() > deadline):
             last_steps = step
         row = {"step": step, "samples": samples_seen, "lr": scheduler.get_last_lr()[0],
-               "seconds": round(time.time() - start, 1),
+               "seconds": round(seconds_before + time.time() - start, 1),
                **{k: sum(r[k] for r in running) / len(running) for k in ("loss", "ce", "bce", "dice")}}
         running = []
         if step % config.eval_every == 0 or (step == last_steps and not stopping):
