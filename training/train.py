@@ -241,21 +241,30 @@ def load_model(config: TrainConfig, device: str) -> Lisa:
                              dtype="float32", use_mm_start_end=config.use_mm_start_end)
 
 
+def curve_series(rows: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
+    """Per metric, (steps, values) as numbers: rows read back from metrics.csv on a resume hold strings, new rows
+    numbers, and a plot given both would draw them as categories."""
+    series = {}
+    for key in ("loss", "ce", "bce", "dice", "giou", "ciou"):
+        kept = [r for r in rows if r.get(key) not in (None, "")]
+        series[key] = ([float(r["step"]) for r in kept], [float(r[key]) for r in kept])
+    return series
+
+
 def plot_curves(rows: list[dict], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    series = curve_series(rows)
     figure, (losses, scores) = plt.subplots(1, 2, figsize=(11, 4))
-    steps = [r["step"] for r in rows if r.get("loss") not in (None, "")]
     for key in ("loss", "ce", "bce", "dice"):
-        losses.plot(steps, [float(r[key]) for r in rows if r.get("loss") not in (None, "")], label=key)
+        losses.plot(*series[key], label=key)
     losses.set(xlabel="optimizer step", ylabel="loss", yscale="log", title="training loss terms")
     losses.legend()
-    evals = [r for r in rows if r.get("giou") not in (None, "")]
     for key in ("giou", "ciou"):
-        scores.plot([r["step"] for r in evals], [float(r[key]) for r in evals], marker="o", label=key)
+        scores.plot(*series[key], marker="o", label=key)
     scores.set(xlabel="optimizer step", ylim=(0, 1), title="held-out segmentation")
     scores.legend()
     figure.tight_layout()
