@@ -28,8 +28,8 @@ demo: setup
 bench: setup
 	$(PY) bench/bench_engine.py
 
-# Remakes the embedded model lisa_core/models/lisa-tiny-rooms from nothing, in two training stages (about 2.5 hours
-# on 2 CPU cores; an interrupted lisa-train resumes from its run's checkpoints when this is run again).
+# Remakes the embedded model lisa_core/models/lisa-tiny-rooms from nothing, in two training stages (about 7 hours on
+# 2 CPU cores; an interrupted lisa-train resumes from its run's checkpoints when this is run again).
 ROOMS := data/rooms
 embedded-model: setup
 	test -f $(ROOMS)/corpus.txt || $(VENV)/bin/lisa-make-rooms $(ROOMS) --scenes 200 --frames 50 --val 200 --seed 0
