@@ -241,14 +241,11 @@ def load_model(config: TrainConfig, device: str) -> Lisa:
                              dtype="float32", use_mm_start_end=config.use_mm_start_end)
 
 
-def curve_series(rows: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
-    """Per metric, (steps, values) as numbers: rows read back from metrics.csv on a resume hold strings, new rows
-    numbers, and a plot given both would draw them as categories."""
-    series = {}
-    for key in ("loss", "ce", "bce", "dice", "giou", "ciou"):
-        kept = [r for r in rows if r.get(key) not in (None, "")]
-        series[key] = ([float(r["step"]) for r in kept], [float(r[key]) for r in kept])
-    return series
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.csv's rows with numbers, as lisa-train holds them (a column left empty, no evaluation at that step, is
+    absent): a resumed run appends new rows to these, and its curves and summary need one type throughout."""
+    rows = list(csv.DictReader(path.open())) if path.is_file() else []
+    return [{k: int(v) if k in ("step", "samples") else float(v) for k, v in row.items() if v != ""} for row in rows]
 
 
 def plot_curves(rows: list[dict], out: Path) -> None:
@@ -257,14 +254,15 @@ def plot_curves(rows: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = curve_series(rows)
     figure, (losses, scores) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [r["step"] for r in rows if r.get("loss") not in (None, "")]
     for key in ("loss", "ce", "bce", "dice"):
-        losses.plot(*series[key], label=key)
+        losses.plot(steps, [float(r[key]) for r in rows if r.get("loss") not in (None, "")], label=key)
     losses.set(xlabel="optimizer step", ylabel="loss", yscale="log", title="training loss terms")
     losses.legend()
+    evals = [r for r in rows if r.get("giou") not in (None, "")]
     for key in ("giou", "ciou"):
-        scores.plot(*series[key], marker="o", label=key)
+        scores.plot([r["step"] for r in evals], [float(r[key]) for r in evals], marker="o", label=key)
     scores.set(xlabel="optimizer step", ylim=(0, 1), title="held-out segmentation")
     scores.legend()
     figure.tight_layout()
@@ -345,9 +343,8 @@ def _train(config: TrainConfig, max_steps: int | None, deadline: float | None, s
     lisa_view = module.engine(lisa)
     metrics_file = out / "metrics.csv"
     fields = ["step", "samples", "lr", "loss", "ce", "bce", "dice", "giou", "ciou", "seconds"]
-    rows = list(csv.DictReader(metrics_file.open())) if metrics_file.is_file() and samples_seen else []
-    rows = [r for r in rows if int(r["step"]) <= engine.global_steps]
-    seconds_before = float(rows[-1]["seconds"]) if rows else 0.0  # "seconds" counts across resumes
+    rows = [r for r in read_metrics(metrics_file) if r["step"] <= engine.global_steps] if samples_seen else []
+    seconds_before = rows[-1]["seconds"] if rows else 0.0  # "seconds" counts across resumes
     last_steps = min(config.total_steps, max_steps or config.total_steps)
     bar = tqdm(total=last_steps, initial=engine.global_steps, desc="training", unit="step", disable=None)
     start, running, skipped = time.time(), [], defaultdict(Counter)
