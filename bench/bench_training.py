@@ -17,7 +17,8 @@ each measured, the runs in ``bench/README.md``:
   a flat wall and floor, 96 × 128 — the benchmark's rooms since 2026-11-26. The embedded model's rich rooms
   (``--rooms rich``: varied colours, textures, lighting) ask a random SAM to learn shapes; it does not in 15 CPU-
   minutes (gIoU 0.29, with the text learned as here; 0.18 in 10 min with the text loss off and the 64-wide LLaMA);
-  the embedded model takes 2.7 hours on them for 0.6.
+  the embedded model took 2.7 hours on them for 0.6 with SAM's encoder untrained, 8.3 hours for 0.85 with it
+  trained.
 - The tiny model: a LLaMA of 2 layers 192 wide (``--llm-width``; the default tiny one is 64 wide). At 64 wide the
   text loss and the mask share too narrow a state — the state before ``[SEG]`` is the one trained to predict
   ``[SEG]`` — and the masks wait for the text: gIoU 0.14 at step 1 000, 0.47 after 15 min; at 192 wide, 0.63 at

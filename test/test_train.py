@@ -172,6 +172,11 @@ def test_shipped_configs_load():
         "runs/lisa-tiny-rooms-stage1", 3e-4, 100, 6000)  # stage 1's export, a second lr cycle; all else as stage 1
     assert dataclasses.replace(stage2, model=stage1.model, output_dir=stage1.output_dir, lr=stage1.lr,
                                warmup_steps=stage1.warmup_steps, steps_per_epoch=stage1.steps_per_epoch) == stage1
+    stage3 = TrainConfig.load(str(configs / "lisa_tiny_rooms_stage3.yaml"))
+    assert (stage3.model, stage3.lr, stage3.steps_per_epoch, stage3.seed) == (
+        "runs/lisa-tiny-rooms-stage2-best", 1.5e-4, 3000, 2)  # stage 2's export, a third, shorter cycle; new order
+    assert dataclasses.replace(stage3, model=stage2.model, output_dir=stage2.output_dir, lr=stage2.lr,
+                               steps_per_epoch=stage2.steps_per_epoch, seed=stage2.seed) == stage2
 
 
 def test_sigterm_stops_after_a_checkpoint_and_resumes(tiny_ckpt, tmp_path, monkeypatch):

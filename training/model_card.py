@@ -16,7 +16,9 @@ lisa-make-tiny runs/lisa-tiny-rooms-init --shape rooms --corpus data/rooms/corpu
 lisa-train --config training/configs/lisa_tiny_rooms.yaml
 lisa-export runs/lisa-tiny-rooms runs/lisa-tiny-rooms-stage1 --tag best --dtype float16
 lisa-train --config training/configs/lisa_tiny_rooms_stage2.yaml
-lisa-export runs/lisa-tiny-rooms-stage2 lisa_core/models/lisa-tiny-rooms --tag best --dtype float16"""
+lisa-export runs/lisa-tiny-rooms-stage2 runs/lisa-tiny-rooms-stage2-best --tag best --dtype float16
+lisa-train --config training/configs/lisa_tiny_rooms_stage3.yaml
+lisa-export runs/lisa-tiny-rooms-stage3 lisa_core/models/lisa-tiny-rooms --tag best --dtype float16"""
 
 
 def run_facts(run: Path) -> dict:
