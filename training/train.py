@@ -249,20 +249,20 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_curves(rows: list[dict], out: Path) -> None:
+    """``rows``: lisa-train's metrics rows, numbers, as ``read_metrics`` gives them and ``_train`` appends them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, (losses, scores) = plt.subplots(1, 2, figsize=(11, 4))
-    steps = [r["step"] for r in rows if r.get("loss") not in (None, "")]
     for key in ("loss", "ce", "bce", "dice"):
-        losses.plot(steps, [float(r[key]) for r in rows if r.get("loss") not in (None, "")], label=key)
+        losses.plot([r["step"] for r in rows], [r[key] for r in rows], label=key)
     losses.set(xlabel="optimizer step", ylabel="loss", yscale="log", title="training loss terms")
     losses.legend()
-    evals = [r for r in rows if r.get("giou") not in (None, "")]
+    evals = [r for r in rows if "giou" in r]  # rows of steps with an evaluation
     for key in ("giou", "ciou"):
-        scores.plot([r["step"] for r in evals], [float(r[key]) for r in evals], marker="o", label=key)
+        scores.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", label=key)
     scores.set(xlabel="optimizer step", ylim=(0, 1), title="held-out segmentation")
     scores.legend()
     figure.tight_layout()
